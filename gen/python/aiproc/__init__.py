@@ -1,0 +1,1 @@
+"""aiproc: background LLM enhancement of web content over gRPC."""
