@@ -1,0 +1,72 @@
+"""The Python client of aiproc: queue content, receive LLM-enhanced results.
+
+    async with AsyncClient("127.0.0.1:50051") as client:
+        queued = await client.queue("https://example.com/a", text)
+        result = await client.wait(queued.task_id, timeout=60)
+
+`Client` offers the same calls, blocking. Every call returns frozen
+dataclasses from `aiproc.client.models` and raises `AiprocClientError`
+subclasses from `aiproc.client.errors`.
+"""
+
+from aiproc.client.async_client import AsyncClient
+from aiproc.client.errors import (
+    AiprocClientError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    QueueFull,
+    Unavailable,
+)
+from aiproc.client.jsonout import to_json
+from aiproc.client.models import (
+    Counters,
+    ErrorCode,
+    LatencySummary,
+    Priority,
+    ProgressEvent,
+    ProgressKind,
+    ProviderStats,
+    QueueDepth,
+    QueuedTask,
+    Stats,
+    TaskError,
+    TaskInfo,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+    TokenUsage,
+)
+from aiproc.client.stream import ResultStream
+from aiproc.client.sync_client import Client
+
+__all__ = [
+    "AiprocClientError",
+    "AsyncClient",
+    "Client",
+    "Counters",
+    "DeadlineExceeded",
+    "ErrorCode",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "LatencySummary",
+    "NotFound",
+    "Priority",
+    "ProgressEvent",
+    "ProgressKind",
+    "ProviderStats",
+    "QueueDepth",
+    "QueueFull",
+    "QueuedTask",
+    "ResultStream",
+    "Stats",
+    "TaskError",
+    "TaskInfo",
+    "TaskResult",
+    "TaskSpec",
+    "TaskState",
+    "TokenUsage",
+    "Unavailable",
+    "to_json",
+]

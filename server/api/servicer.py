@@ -1,0 +1,158 @@
+"""The gRPC face of the processor: validate, convert, call, convert back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterable, Iterator
+
+import grpc
+
+from aiproc.server.api import convert
+from aiproc.server.api.status import Context, abort_with, unary_rpc
+from aiproc.server.core.errors import AiprocError, InvalidArgument, NotFound
+from aiproc.server.core.hub import Subscription
+from aiproc.server.core.models import TaskResult
+from aiproc.server.core.processor import Processor
+from aiproc.v1 import processor_service_pb2 as pb
+from aiproc.v1 import processor_service_pb2_grpc as pb_grpc
+
+CLIENT_ID_HEADER = "aiproc-client-id"
+DEFAULT_CLIENT_ID = "default"
+MAX_IDS_PER_MESSAGE = 10_000
+_CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def client_id_of(context: Context) -> str:
+    """The caller's identity from request metadata; "default" when absent."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_ID_HEADER:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            if not _CLIENT_ID_RE.match(text):
+                raise InvalidArgument(
+                    f"metadata {CLIENT_ID_HEADER}",
+                    "1-128 letters, digits, '.', '_' or '-'",
+                )
+            return text
+    return DEFAULT_CLIENT_ID
+
+
+class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
+    def __init__(self, processor: Processor, *, max_content_bytes: int) -> None:
+        self._processor = processor
+        self._max_content_bytes = max_content_bytes
+
+    @unary_rpc
+    async def QueueTask(
+        self, request: pb.QueueTaskRequest, context: Context
+    ) -> pb.QueueTaskResponse:
+        client_id = client_id_of(context)
+        try:
+            spec = convert.spec_from_pb(request, self._max_content_bytes)
+        except InvalidArgument:
+            self._processor.counters.rejected += 1
+            raise
+        task, deduplicated = await self._processor.submit(client_id, spec)
+        return pb.QueueTaskResponse(
+            task_id=task.task_id, state=convert.state_pb(task.state), deduplicated=deduplicated
+        )
+
+    @unary_rpc
+    async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
+        task_id = convert.task_id_from_pb(request.task_id)
+        task = await self._processor.get(client_id_of(context), task_id)
+        return pb.GetTaskResponse(task=convert.task_pb_from(task))
+
+    @unary_rpc
+    async def CancelTask(
+        self, request: pb.CancelTaskRequest, context: Context
+    ) -> pb.CancelTaskResponse:
+        task_id = convert.task_id_from_pb(request.task_id)
+        state = await self._processor.cancel(client_id_of(context), task_id)
+        return pb.CancelTaskResponse(state=convert.state_pb(state))
+
+    @unary_rpc
+    async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.StatsResponse:
+        return convert.stats_pb(self._processor.stats())
+
+    async def StreamResults(
+        self,
+        request_iterator: AsyncIterator[pb.StreamResultsRequest],
+        context: Context,
+    ) -> AsyncIterator[pb.StreamResultsResponse]:
+        if not self._processor.config.stream_results:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "result streaming is disabled on this server (processor.stream_results = false);"
+                " read results with GetTask",
+            )
+        try:
+            client_id = client_id_of(context)
+        except AiprocError as exc:
+            await abort_with(context, exc)
+        subscription = self._processor.hub.open(client_id)
+        failure: list[AiprocError] = []
+        reader = asyncio.create_task(
+            self._read_requests(request_iterator, subscription, client_id, failure)
+        )
+        try:
+            async for item in subscription:
+                if isinstance(item, TaskResult):
+                    yield pb.StreamResultsResponse(result=convert.result_pb(item))
+                else:
+                    yield pb.StreamResultsResponse(progress=convert.progress_pb(item))
+            if failure:
+                await abort_with(context, failure[0])
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self._processor.hub.discard(subscription)
+
+    async def _read_requests(
+        self,
+        requests: AsyncIterator[pb.StreamResultsRequest],
+        subscription: Subscription,
+        client_id: str,
+        failure: list[AiprocError],
+    ) -> None:
+        """Applies subscriptions and acks; the caller half-closing ends the call."""
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("kind")
+                if kind == "subscribe":
+                    await self._subscribe(request.subscribe, subscription, client_id)
+                elif kind == "ack":
+                    ids = list(_ids(request.ack.task_ids, "ack.task_ids"))
+                    await self._processor.ack(client_id, ids)
+                else:
+                    raise InvalidArgument("kind", "set subscribe or ack")
+        except AiprocError as exc:
+            failure.append(exc)
+        except grpc.aio.AioRpcError:
+            pass  # the caller went away; the call is over anyway
+        subscription.close()
+
+    async def _subscribe(
+        self, request: pb.Subscribe, subscription: Subscription, client_id: str
+    ) -> None:
+        ids = list(_ids(request.task_ids, "subscribe.task_ids"))
+        if not ids and not request.all_tasks:
+            raise InvalidArgument("subscribe", "set task_ids or all_tasks")
+        for task_id in ids:
+            try:
+                await self._processor.get(client_id, task_id)
+            except NotFound:
+                raise NotFound(f"subscribe.task_ids: task {task_id} not found") from None
+        await subscription.add(
+            ids, all_tasks=request.all_tasks, include_progress=request.include_progress
+        )
+
+
+def _ids(values: Iterable[str], field: str) -> Iterator[str]:
+    ids = list(values)
+    if len(ids) > MAX_IDS_PER_MESSAGE:
+        raise InvalidArgument(field, f"at most {MAX_IDS_PER_MESSAGE} ids per message")
+    for task_id in ids:
+        yield convert.task_id_from_pb(task_id, field)

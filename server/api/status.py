@@ -1,0 +1,70 @@
+"""The one table from domain errors to gRPC status codes, and the guard that applies it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from aiproc.server.core.errors import (
+    AiprocError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    QueueFull,
+    ShuttingDown,
+)
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_S = TypeVar("_S")
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+STATUS_BY_ERROR: tuple[tuple[type[AiprocError], grpc.StatusCode], ...] = (
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def status_for(error: AiprocError) -> grpc.StatusCode:
+    for error_type, code in STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+async def abort_with(context: Context, error: BaseException) -> NoReturn:
+    """Ends the RPC with the mapped status; an unexpected exception becomes a bare INTERNAL.
+
+    No internal exception text or stack trace ever reaches the caller; the
+    server log has them.
+    """
+    if isinstance(error, AiprocError):
+        await context.abort(status_for(error), str(error))
+    log.error("internal error in RPC", exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
+def unary_rpc(
+    method: Callable[[_S, _Req, Context], Awaitable[_Resp]],
+) -> Callable[[_S, _Req, Context], Coroutine[Any, Any, _Resp]]:
+    """Wraps a unary servicer method so every error leaves through `abort_with`."""
+
+    @functools.wraps(method)
+    async def guarded(self: _S, request: _Req, context: Context) -> _Resp:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_with(context, exc)
+
+    return guarded

@@ -1,0 +1,98 @@
+"""What every client command shares: connection options, the client, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+
+from aiproc.client import AiprocClientError, AsyncClient, Unavailable
+from aiproc.client.async_client import DEFAULT_TARGET
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds each call may take unless --timeout says otherwise."""
+
+EXIT_FAILURE = 1
+"""A call failed, or a task did."""
+EXIT_USAGE = 2
+"""The command line, the config or an input file is wrong."""
+
+# What grpc core says when it never reached the server (as opposed to a server
+# that answered UNAVAILABLE itself, e.g. while shutting down).
+_CONNECT_FAILURES = ("failed to connect", "dns resolution failed", "connection refused")
+
+
+class CliError(Exception):
+    """A failure the CLI reports as one line, exiting with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def connection_options(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    """A parent parser with --server, --client-id and --timeout."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("connection")
+    group.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        default=env.get("AIPROC_SERVER") or DEFAULT_TARGET,
+        help=f"the aiproc server (env AIPROC_SERVER, default {DEFAULT_TARGET})",
+    )
+    group.add_argument(
+        "--client-id",
+        metavar="ID",
+        default=env.get("AIPROC_CLIENT_ID") or None,
+        help="the client identity tasks belong to (env AIPROC_CLIENT_ID, default 'default')",
+    )
+    group.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=positive_float,
+        default=None,
+        help=f"deadline of each call (default {DEFAULT_TIMEOUT:g})",
+    )
+    return parent
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the response in protobuf's JSON mapping",
+    )
+
+
+def client_from(args: argparse.Namespace) -> AsyncClient:
+    """The client the connection options describe; create it inside the event loop."""
+    return AsyncClient(
+        args.server, client_id=args.client_id, timeout=args.timeout or DEFAULT_TIMEOUT
+    )
+
+
+def describe(error: AiprocClientError, server: str) -> str:
+    """One line saying what went wrong with a call, for people."""
+    if isinstance(error, Unavailable) and (
+        not error.message or any(part in error.message.lower() for part in _CONNECT_FAILURES)
+    ):
+        return f"cannot reach server at {server} (UNAVAILABLE)"
+    return str(error)
+
+
+def warn(message: str) -> None:
+    """Prints one `aiproc: ...` line to stderr."""
+    print(f"aiproc: {message}", file=sys.stderr, flush=True)

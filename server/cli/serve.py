@@ -1,0 +1,74 @@
+"""`aiproc serve` and `aiproc fake-provider`: the commands that run servers in the foreground.
+
+Their modules are imported inside the commands, so client commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from aiproc.server.cli.common import EXIT_FAILURE, EXIT_USAGE, CliError
+
+
+def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run the aiproc server until SIGTERM or SIGINT",
+        description="Runs the aiproc server; config: the TOML file, then AIPROC_* "
+        "variables, then these flags. Prints 'aiproc: serving on HOST:PORT' once listening.",
+    )
+    serve.add_argument("--config", metavar="FILE", help="TOML config file (env AIPROC_CONFIG)")
+    serve.add_argument(
+        "--listen", metavar="HOST:PORT", help="address to bind; port 0 picks a free one"
+    )
+    serve.add_argument("--data-dir", metavar="DIR", help="where the server keeps its files")
+    serve.set_defaults(run=run_serve)
+
+    fake = commands.add_parser(
+        "fake-provider",
+        help="run a fake OpenAI-compatible API, for trying providers offline",
+    )
+    fake.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    fake.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
+    fake.add_argument(
+        "--latency",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="delay before each answer (default 0)",
+    )
+    fake.set_defaults(run=run_fake_provider)
+
+
+def server_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """The [server] settings given as flags, and only those."""
+    given = {"listen": args.listen, "data_dir": args.data_dir}
+    return {"server": {key: value for key, value in given.items() if value is not None}}
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from aiproc.server.app import serve
+    from aiproc.server.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, overrides=server_overrides(args))
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        # E.g. the address is in use or not ours to bind: one line, not a traceback.
+        raise CliError(f"cannot serve: {exc}", EXIT_FAILURE) from None
+    return 0
+
+
+def run_fake_provider(args: argparse.Namespace) -> int:
+    from aiproc.server.fakes.openai_server import run_fake_provider as run
+
+    try:
+        asyncio.run(run(args.host, args.port, args.latency))
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {exc}", EXIT_FAILURE) from None
+    return 0

@@ -1,0 +1,380 @@
+"""Configuration: TOML file, then environment, then flags; validated once into frozen dataclasses.
+
+Nothing reads the environment after `load_config` returns, except provider
+API keys, which are read from the variable named by `api_key_env` when the
+provider is built (so keys never sit in the config object or its repr).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+PROVIDER_KINDS = ("openai", "offline")
+FAILOVER_STRATEGIES = (
+    "priority",
+    "round_robin",
+    "weighted",
+    "random",
+    "least_latency",
+    "least_errors",
+    "least_cost",
+    "least_busy",
+)
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the field and the reason."""
+
+    def __init__(self, field_name: str, reason: str) -> None:
+        super().__init__(f"invalid config: {field_name}: {reason}")
+        self.field = field_name
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = DEFAULT_LISTEN
+    """host:port the gRPC server binds; port 0 picks a free one. Default 127.0.0.1:50051."""
+    data_dir: str = "./data"
+    """Where the server keeps its files. Default ./data."""
+    store: str = "memory"
+    """Where tasks and results live. Only "memory" for now. Default "memory"."""
+    result_ttl: float = 3600.0
+    """Seconds an unacknowledged result (and its finished task) is kept. Default 1h."""
+    max_content_bytes: int = 1_048_576
+    """Largest accepted TaskSpec.content, in UTF-8 bytes. Default 1 MiB."""
+    shutdown_grace: float = 10.0
+    """Seconds running tasks get to finish on SIGTERM/SIGINT. Default 10s."""
+    reflection: bool = True
+    """Serve gRPC server reflection. Default true."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorConfig:
+    """The guide's AiProcessorConfig, with its defaults."""
+
+    num_workers: int = 4
+    """Tasks processed at once. Default 4."""
+    queue_size: int = 1000
+    """Tasks that may wait; QueueTask answers RESOURCE_EXHAUSTED beyond. Default 1000."""
+    max_concurrent_requests: int = 10
+    """Provider calls in flight at once, over all workers. Default 10."""
+    worker_timeout: float = 60.0
+    """Seconds one task may be processed; caps each task's own timeout. Default 60s."""
+    stream_results: bool = True
+    """Serve StreamResults. When false, results are read with GetTask only. Default true."""
+    llm_model: str = "gpt-3.5-turbo"
+    """Model for providers that do not name one. Default gpt-3.5-turbo."""
+    max_tokens: int = 2048
+    """Completion tokens asked for. Default 2048."""
+    temperature: float = 0.7
+    """Sampling temperature, 0 to 2. Default 0.7."""
+    rate_limit_rps: float = 10.0
+    """Provider calls per second, over all workers (token bucket). Default 10."""
+    rate_limit_burst: int = 1
+    """Calls that may start back to back after an idle spell. Default 1."""
+    max_retries: int = 3
+    """Retries of a task after a retryable provider error. Default 3."""
+    initial_backoff: float = 0.1
+    """Seconds before the first retry. Default 100ms."""
+    max_backoff: float = 30.0
+    """Longest wait between retries, in seconds. Default 30s."""
+    backoff_multiplier: float = 2.0
+    """Growth of the wait from one retry to the next. Default 2.0."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    """Unique name; two keys of one vendor are two providers."""
+    kind: str
+    """openai or offline."""
+    base_url: str = ""
+    """API root, e.g. https://api.openai.com/v1. Required for openai."""
+    api_key_env: str = ""
+    """Name of the environment variable holding the API key (never the key itself)."""
+    model: str = ""
+    """Model to use; empty means [processor] llm_model."""
+    priority: int = 1
+    """Lower is preferred. Default 1."""
+    weight: float = 1.0
+    """Share of traffic for weighted selection. Default 1.0."""
+    max_concurrent_requests: int = 10
+    """Calls in flight to this provider at once. Default 10."""
+    enabled: bool = True
+    """Whether the provider takes traffic. Default true."""
+    context_window: int = 0
+    """Tokens the model accepts; 0 means known for the model, else 8192."""
+    request_timeout: float = 0.0
+    """Seconds one HTTP call may take; 0 means the task's remaining time."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverConfig:
+    """Accepted and validated now; behaviour arrives with the resilience work."""
+
+    strategy: str = "priority"
+    max_retries: int = 3
+    retry_delay: float = 0.5
+    failback_delay: float = 60.0
+    health_check_threshold: int = 3
+    circuit_breaker_enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    processor: ProcessorConfig = ProcessorConfig()
+    providers: tuple[ProviderConfig, ...] = ()
+    failover: FailoverConfig = FailoverConfig()
+    log_level: str = "INFO"
+
+
+def parse_duration(value: object, field_name: str) -> float:
+    """Seconds from a number (seconds) or a string like "100ms", "30s", "5m", "1h"."""
+    if isinstance(value, bool):
+        raise ConfigError(field_name, f"expected a duration, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION_RE.match(value)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
+        raise ConfigError(field_name, f"expected a duration like '100ms' or '30s', got {value!r}")
+    if seconds < 0:
+        raise ConfigError(field_name, "must not be negative")
+    return seconds
+
+
+_DURATION_FIELDS = {
+    "result_ttl",
+    "shutdown_grace",
+    "worker_timeout",
+    "initial_backoff",
+    "max_backoff",
+    "retry_delay",
+    "failback_delay",
+    "request_timeout",
+}
+
+
+def _coerce(section: str, name: str, annotation: str, value: object) -> object:
+    where = f"{section}.{name}"
+    if name in _DURATION_FIELDS:
+        return parse_duration(value, where)
+    if annotation == "bool":
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        if not isinstance(value, bool):
+            raise ConfigError(where, f"expected true or false, got {value!r}")
+        return value
+    if annotation == "int":
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise ConfigError(where, f"expected an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(where, f"expected an integer, got {value!r}")
+        return value
+    if annotation == "float":
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(where, f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(where, f"expected a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(where, f"expected a string, got {value!r}")
+    return value
+
+
+def _build(cls: type[_T], section: str, raw: Mapping[str, Any], base: _T | None = None) -> _T:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(section, f"expected a table, got {raw!r}")
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, object] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{section}.{key}", "unknown field")
+        values[key] = _coerce(section, key, str(known[key].type), value)
+    if base is not None:
+        return replace(base, **values)  # type: ignore[type-var]
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        missing = [n for n, f in known.items() if f.default is MISSING and n not in raw]
+        raise ConfigError(f"{section}.{missing[0] if missing else '?'}", "required") from exc
+
+
+def _validate_server(cfg: ServerConfig) -> None:
+    host, sep, port = cfg.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError("server.listen", f"expected HOST:PORT, got {cfg.listen!r}")
+    if cfg.store != "memory":
+        raise ConfigError("server.store", f"unsupported store {cfg.store!r}; supported: memory")
+    if cfg.result_ttl <= 0:
+        raise ConfigError("server.result_ttl", "must be positive")
+    if cfg.max_content_bytes <= 0:
+        raise ConfigError("server.max_content_bytes", "must be positive")
+
+
+def _validate_processor(cfg: ProcessorConfig) -> None:
+    positive_ints = ("num_workers", "queue_size", "max_concurrent_requests", "max_tokens")
+    for name in positive_ints:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"processor.{name}", "must be at least 1")
+    if cfg.rate_limit_burst < 1:
+        raise ConfigError("processor.rate_limit_burst", "must be at least 1")
+    if cfg.max_retries < 0:
+        raise ConfigError("processor.max_retries", "must not be negative")
+    if cfg.worker_timeout <= 0:
+        raise ConfigError("processor.worker_timeout", "must be positive")
+    if not cfg.rate_limit_rps > 0:
+        raise ConfigError("processor.rate_limit_rps", "must be positive (requests per second)")
+    if not 0.0 <= cfg.temperature <= 2.0:
+        raise ConfigError("processor.temperature", "must be between 0 and 2")
+    if cfg.initial_backoff <= 0:
+        raise ConfigError("processor.initial_backoff", "must be positive")
+    if cfg.max_backoff < cfg.initial_backoff:
+        raise ConfigError("processor.max_backoff", "must be at least initial_backoff")
+    if cfg.backoff_multiplier < 1.0:
+        raise ConfigError("processor.backoff_multiplier", "must be at least 1.0")
+    if not cfg.llm_model:
+        raise ConfigError("processor.llm_model", "must not be empty")
+
+
+def _validate_provider(index: int, cfg: ProviderConfig) -> None:
+    where = f"providers[{index}]"
+    if not _NAME_RE.match(cfg.name):
+        raise ConfigError(
+            f"{where}.name", "must be 1-64 letters, digits, '.', '_' or '-', starting alphanumeric"
+        )
+    if cfg.kind not in PROVIDER_KINDS:
+        raise ConfigError(
+            f"{where}.kind", f"unknown kind {cfg.kind!r}; known: {', '.join(PROVIDER_KINDS)}"
+        )
+    if cfg.kind == "openai":
+        if not cfg.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.base_url", "required: an http:// or https:// URL")
+        if cfg.api_key_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", cfg.api_key_env):
+            raise ConfigError(
+                f"{where}.api_key_env", "must be the NAME of an environment variable, not a key"
+            )
+    if cfg.weight <= 0:
+        raise ConfigError(f"{where}.weight", "must be positive")
+    if cfg.max_concurrent_requests < 1:
+        raise ConfigError(f"{where}.max_concurrent_requests", "must be at least 1")
+    if cfg.context_window < 0:
+        raise ConfigError(f"{where}.context_window", "must not be negative")
+
+
+def _validate_failover(cfg: FailoverConfig) -> None:
+    if cfg.strategy not in FAILOVER_STRATEGIES:
+        raise ConfigError(
+            "failover.strategy",
+            f"unknown strategy {cfg.strategy!r}; known: {', '.join(FAILOVER_STRATEGIES)}",
+        )
+    if cfg.max_retries < 0:
+        raise ConfigError("failover.max_retries", "must not be negative")
+    if cfg.health_check_threshold < 1:
+        raise ConfigError("failover.health_check_threshold", "must be at least 1")
+
+
+def _env_overrides(env: Mapping[str, str], section: str, cls: type[Any]) -> dict[str, str]:
+    """AIPROC_<SECTION>_<FIELD> variables, e.g. AIPROC_PROCESSOR_NUM_WORKERS=8."""
+    prefix = f"AIPROC_{section.upper()}_"
+    names = {f.name for f in fields(cls)}
+    found: dict[str, str] = {}
+    for key, value in env.items():
+        if key.startswith(prefix):
+            name = key[len(prefix) :].lower()
+            if name not in names:
+                raise ConfigError(key, f"unknown field {section}.{name}")
+            found[name] = value
+    return found
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, object]] | None = None,
+) -> Config:
+    """Reads the TOML file (if any), applies AIPROC_* variables, then flag overrides.
+
+    `path` falls back to $AIPROC_CONFIG. Raises ConfigError naming the field.
+    """
+    env = os.environ if env is None else env
+    path = path or env.get("AIPROC_CONFIG") or None
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("config", f"file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    unknown = set(raw) - {"server", "processor", "providers", "failover", "log_level"}
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown section")
+
+    sections: dict[str, Any] = {}
+    for name, cls in (
+        ("server", ServerConfig),
+        ("processor", ProcessorConfig),
+        ("failover", FailoverConfig),
+    ):
+        merged = dict(raw.get(name, {})) if isinstance(raw.get(name, {}), Mapping) else raw[name]
+        if isinstance(merged, dict):
+            merged.update(_env_overrides(env, name, cls))
+            merged.update((overrides or {}).get(name, {}))
+        sections[name] = _build(cls, name, merged)
+
+    providers_raw = raw.get("providers", [])
+    if not isinstance(providers_raw, list):
+        raise ConfigError("providers", "expected an array of tables ([[providers]])")
+    providers = tuple(
+        _build(ProviderConfig, f"providers[{i}]", entry) for i, entry in enumerate(providers_raw)
+    )
+    log_level = str(env.get("AIPROC_LOG_LEVEL", raw.get("log_level", "INFO"))).upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("log_level", f"expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+
+    config = Config(
+        server=sections["server"],
+        processor=sections["processor"],
+        providers=providers,
+        failover=sections["failover"],
+        log_level=log_level,
+    )
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Raises ConfigError for the first invalid field."""
+    _validate_server(config.server)
+    _validate_processor(config.processor)
+    _validate_failover(config.failover)
+    seen: set[str] = set()
+    for index, provider in enumerate(config.providers):
+        _validate_provider(index, provider)
+        if provider.name in seen:
+            raise ConfigError(f"providers[{index}].name", f"duplicate name {provider.name!r}")
+        seen.add(provider.name)

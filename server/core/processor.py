@@ -1,0 +1,295 @@
+"""The processor: accepts tasks, runs them on the worker pool, and hands results to the hub.
+
+This is the one object the API layer talks to. It knows nothing of gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+
+from aiproc.server.config import ProcessorConfig
+from aiproc.server.core.errors import FailedPrecondition, NotFound, QueueFull, ShuttingDown
+from aiproc.server.core.hub import ResultsHub
+from aiproc.server.core.models import (
+    ErrorCode,
+    Priority,
+    ProgressEvent,
+    ProgressKind,
+    Task,
+    TaskError,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+)
+from aiproc.server.core.queue import QueueClosed, TaskQueue
+from aiproc.server.core.runner import TaskRunner
+from aiproc.server.core.stats import Counters, LatencyWindow, ProcessorStats
+from aiproc.server.core.workers import WorkerPool
+from aiproc.server.providers.base import Provider
+from aiproc.server.resilience.clock import Clock, SystemClock
+from aiproc.server.resilience.rate_limiter import RateLimiter
+from aiproc.server.store.base import TaskStore
+
+log = logging.getLogger(__name__)
+
+EXPIRY_INTERVAL = 30.0
+
+
+class Processor:
+    """Owns the queue, the worker pool, the runner and the results hub over one store."""
+
+    def __init__(
+        self,
+        config: ProcessorConfig,
+        store: TaskStore,
+        providers: Sequence[Provider],
+        *,
+        provider_limits: dict[str, int] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.queue = TaskQueue(config.queue_size)
+        self.hub = ResultsHub(store)
+        self.counters = Counters()
+        self.queue_latency = LatencyWindow()
+        self.processing_latency = LatencyWindow()
+        self.limiter = RateLimiter(config.rate_limit_rps, config.rate_limit_burst, self.clock)
+        self.runner = TaskRunner(
+            config=config,
+            providers=providers,
+            provider_limits=provider_limits or {},
+            limiter=self.limiter,
+            clock=self.clock,
+            on_progress=self.hub.publish,
+            on_attempt=store.record_attempt,
+            on_retry=self._count_retry,
+        )
+        self.pool = WorkerPool(self.queue, self._process, config.num_workers)
+        self._sequence = itertools.count(1)
+        self._cancel_requested: set[str] = set()
+        self._accepting = False
+        self._started_at = 0.0
+        self._expiry: asyncio.Task[None] | None = None
+
+    @property
+    def is_running(self) -> bool:
+        return self._accepting
+
+    async def start(self) -> None:
+        """Rebuilds the queue from the store's live tasks, then starts the workers."""
+        for task in sorted(await self.store.live_tasks(), key=lambda t: t.sequence):
+            if task.state is TaskState.RUNNING:
+                task.state = TaskState.QUEUED  # its worker died with the previous process
+            self.queue.put(task.task_id, task.spec.priority, task.sequence)
+        self._started_at = self.clock.wall()
+        self._accepting = True
+        self.pool.start()
+        self._expiry = asyncio.create_task(self._expire_periodically(), name="aiproc-expiry")
+
+    async def submit(self, client_id: str, spec: TaskSpec) -> tuple[Task, bool]:
+        """Queues a task; returns it and whether it was an idempotent repeat."""
+        if not self._accepting:
+            self.counters.rejected += 1
+            raise ShuttingDown("the server is shutting down and accepts no new tasks")
+        if spec.idempotency_key:
+            earlier = await self.store.find_idempotent(client_id, spec.idempotency_key)
+            if earlier is not None:
+                return earlier, True
+        if len(self.queue) >= self.queue.capacity:
+            self.counters.rejected += 1
+            raise QueueFull(f"queue is full ({self.queue.capacity} tasks waiting); retry later")
+        task = Task(
+            task_id=uuid.uuid4().hex,
+            client_id=client_id,
+            spec=spec,
+            created_at=self.clock.wall(),
+            sequence=next(self._sequence),
+        )
+        await self.store.put(task)
+        try:
+            self.queue.put(task.task_id, spec.priority, task.sequence)
+        except (QueueFull, QueueClosed) as exc:
+            # Capacity was taken (or the server began stopping) while the store
+            # wrote: undo, so an accepted task is never one nobody will run.
+            await self.store.finish(self._shutdown_result(task, "not accepted"), task.created_at)
+            await self.store.ack(client_id, (task.task_id,))
+            self.counters.rejected += 1
+            raise QueueFull(
+                f"queue is full ({self.queue.capacity} tasks waiting); retry later"
+            ) from exc
+        self.counters.queued += 1
+        self.hub.publish(
+            ProgressEvent(task.task_id, client_id, ProgressKind.QUEUED, at=task.created_at)
+        )
+        return task, False
+
+    async def get(self, client_id: str, task_id: str) -> Task:
+        task = await self.store.get(task_id)
+        if task is None or task.client_id != client_id:
+            raise NotFound(f"task {task_id} not found")
+        return task
+
+    async def cancel(self, client_id: str, task_id: str) -> TaskState:
+        """Cancels a queued or running task; a finished task keeps its state."""
+        task = await self.get(client_id, task_id)
+        if task.state.is_terminal:
+            return task.state
+        if self.queue.remove(task_id):
+            await self._finish(task, self._cancelled_result(task, queue_time=None))
+            return TaskState.CANCELLED
+        if self.pool.cancel_task(task_id):
+            self._cancel_requested.add(task_id)
+            if task.state is TaskState.QUEUED:
+                # Cancelled before its handler took its first step: no handler
+                # will record the result, so record it here.
+                self._cancel_requested.discard(task_id)
+                await self._finish(task, self._cancelled_result(task, queue_time=None))
+            return TaskState.CANCELLED
+        # Between queue and worker (being handed over): the worker's
+        # mark_running will see the terminal state and skip it.
+        if await self._finish(task, self._cancelled_result(task, queue_time=None)):
+            return TaskState.CANCELLED
+        raise FailedPrecondition(f"task {task_id} finished while being cancelled")
+
+    async def ack(self, client_id: str, task_ids: Sequence[str]) -> None:
+        await self.store.ack(client_id, task_ids)
+        self.hub.acknowledged(client_id, task_ids)
+
+    async def _process(self, task_id: str) -> None:
+        """The worker's handler: run one task and record its result, whatever happens."""
+        started_at = self.clock.wall()
+        task = await self.store.mark_running(task_id, started_at)
+        if task is None:
+            return  # cancelled or finished while it waited
+        queue_time = max(0.0, started_at - task.created_at)
+        self.queue_latency.add(queue_time)
+        self.hub.publish(
+            ProgressEvent(task_id, task.client_id, ProgressKind.STARTED, at=started_at, attempt=1)
+        )
+        try:
+            result = await self.runner.run(task, queue_time)
+        except asyncio.CancelledError:
+            if task_id in self._cancel_requested:
+                self._cancel_requested.discard(task_id)
+                await self._finish(task, self._cancelled_result(task, queue_time))
+                return
+            await self._finish(task, self._shutdown_result(task, "interrupted while running"))
+            raise
+        self.processing_latency.add(result.processing_time)
+        await self._finish(task, result)
+
+    async def _finish(self, task: Task, result: TaskResult) -> bool:
+        if not await self.store.finish(result, self.clock.wall()):
+            return False
+        if result.state is TaskState.SUCCEEDED:
+            self.counters.completed += 1
+        elif result.state is TaskState.CANCELLED:
+            self.counters.cancelled += 1
+        else:
+            self.counters.failed += 1
+            if result.error is not None and result.error.code is ErrorCode.TIMEOUT:
+                self.counters.timed_out += 1
+        stored = (await self.store.get(task.task_id)) or task
+        self.hub.publish(stored.result or result)
+        return True
+
+    def _count_retry(self) -> None:
+        self.counters.retried += 1
+
+    def _cancelled_result(self, task: Task, queue_time: float | None) -> TaskResult:
+        return self._terminal(
+            task, TaskState.CANCELLED, ErrorCode.CANCELLED, "cancelled", queue_time
+        )
+
+    def _shutdown_result(self, task: Task, why: str) -> TaskResult:
+        message = f"server shut down before the task finished ({why}); queue it again"
+        return self._terminal(task, TaskState.FAILED, ErrorCode.SHUTDOWN, message, None)
+
+    def _terminal(
+        self, task: Task, state: TaskState, code: ErrorCode, message: str, queue_time: float | None
+    ) -> TaskResult:
+        now = self.clock.wall()
+        if queue_time is None:
+            queue_time = (task.started_at or now) - task.created_at
+        return TaskResult(
+            task_id=task.task_id,
+            client_id=task.client_id,
+            url=task.spec.url,
+            state=state,
+            error=TaskError(code, message),
+            attempts=task.attempts,
+            queue_time=max(0.0, queue_time),
+            processing_time=max(0.0, now - task.started_at) if task.started_at else 0.0,
+            completed_at=now,
+            metadata=task.spec.metadata,
+        )
+
+    async def _expire_periodically(self) -> None:
+        while True:
+            await self.clock.sleep(EXPIRY_INTERVAL)
+            expired = await self.store.expire(self.clock.wall())
+            if expired:
+                log.info("expired %d finished tasks past their retention", expired)
+
+    def stats(self) -> ProcessorStats:
+        return ProcessorStats(
+            queue_size=len(self.queue),
+            queue_capacity=self.queue.capacity,
+            queue_depths={p: self.queue.depth(p) for p in sorted(Priority, reverse=True)},
+            active_workers=self.pool.active,
+            total_workers=self.pool.size,
+            is_running=self._accepting,
+            counters=replace(self.counters),
+            queue_latency=self.queue_latency.summary(),
+            processing_latency=self.processing_latency.summary(),
+            providers=list(self.runner.provider_counters.values()),
+            subscribers=len(self.hub),
+            undelivered_results=self.store.undelivered_count(),
+            started_at=self._started_at,
+        )
+
+    async def shutdown(self, grace: float) -> None:
+        """Stops taking work, gives running tasks `grace` seconds, then ends everything.
+
+        The in-memory store cannot keep queued tasks past the process, so they
+        end FAILED with code SHUTDOWN (delivered to connected subscribers and
+        logged) rather than vanishing.
+        """
+        if not self._accepting and self._expiry is None:
+            return
+        self._accepting = False
+        waiting = self.queue.drain()
+        await self.pool.stop_taking()
+        for task_id in waiting:
+            task = await self.store.get(task_id)
+            if task is not None:
+                await self._finish(task, self._shutdown_result(task, "still queued"))
+        if waiting:
+            log.warning(
+                "shutdown: %d queued tasks were not run; they ended with code SHUTDOWN",
+                len(waiting),
+            )
+        if not await self.pool.wait_idle(grace):
+            log.warning(
+                "shutdown: %d running tasks did not finish within %gs; cancelling them",
+                self.pool.active,
+                grace,
+            )
+        await self.pool.stop()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+            self._expiry = None
+        self.hub.close()
+
+    def __repr__(self) -> str:
+        return f"<Processor {self.queue!r} {self.pool!r} {self.hub!r}>"

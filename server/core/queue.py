@@ -1,0 +1,106 @@
+"""The bounded priority queue of task ids that workers take from.
+
+Critical > High > Normal > Low, FIFO within a level. A waiting worker is woken
+by the enqueue itself (one future per waiter), never by polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections import deque
+
+from aiproc.server.core.errors import QueueFull
+from aiproc.server.core.models import Priority
+
+
+class QueueClosed(Exception):
+    """Raised to waiters when the queue is closed."""
+
+
+class TaskQueue:
+    """Holds at most `capacity` task ids; `remove` takes one out wherever it is."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        # (-priority, sequence, task_id): the heap pops the highest priority,
+        # then the lowest sequence, i.e. FIFO within a level.
+        self._heap: list[tuple[int, int, str]] = []
+        self._live: dict[str, Priority] = {}
+        self._waiters: deque[asyncio.Future[tuple[str, Priority]]] = deque()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._live
+
+    def depth(self, priority: Priority) -> int:
+        return sum(1 for p in self._live.values() if p is priority)
+
+    def put(self, task_id: str, priority: Priority, sequence: int) -> None:
+        """Enqueues, or hands the id straight to a waiting worker. Raises QueueFull."""
+        if self._closed:
+            raise QueueClosed
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result((task_id, priority))
+                return
+        if len(self._live) >= self.capacity:
+            raise QueueFull(f"queue is full ({self.capacity} tasks waiting)")
+        self._live[task_id] = priority
+        heapq.heappush(self._heap, (-priority, sequence, task_id))
+
+    def remove(self, task_id: str) -> bool:
+        """Takes a waiting id out (its heap entry is skipped later); False if not waiting."""
+        return self._live.pop(task_id, None) is not None
+
+    def get_nowait(self) -> str | None:
+        while self._heap:
+            _, _, task_id = heapq.heappop(self._heap)
+            if self._live.pop(task_id, None) is not None:
+                return task_id
+        return None
+
+    async def get(self) -> str:
+        """The next id by priority, waiting for one if the queue is empty."""
+        if self._closed:
+            raise QueueClosed
+        task_id = self.get_nowait()
+        if task_id is not None:
+            return task_id
+        waiter: asyncio.Future[tuple[str, Priority]] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            handed_id, _ = await waiter
+        except asyncio.CancelledError:
+            # An id handed to a waiter that was cancelled at the same moment
+            # goes back to the front of its level rather than being lost.
+            if waiter.done() and not waiter.cancelled():
+                self._requeue_front(*waiter.result())
+            raise
+        return handed_id
+
+    def _requeue_front(self, task_id: str, priority: Priority) -> None:
+        self._live[task_id] = priority
+        heapq.heappush(self._heap, (-priority, -1, task_id))
+
+    def drain(self) -> list[str]:
+        """Removes and returns every waiting id, highest priority first."""
+        drained = []
+        while (task_id := self.get_nowait()) is not None:
+            drained.append(task_id)
+        return drained
+
+    def close(self) -> None:
+        """Wakes every waiting worker with QueueClosed; later puts and gets fail."""
+        self._closed = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(QueueClosed())
+
+    def __repr__(self) -> str:
+        return f"<TaskQueue {len(self._live)}/{self.capacity} waiting, {len(self._waiters)} idle>"

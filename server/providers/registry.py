@@ -1,0 +1,131 @@
+"""Builds the configured providers, in priority order, around one shared HTTP client."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+
+import httpx
+
+from aiproc.server.config import PROVIDER_KINDS, ConfigError, ProcessorConfig, ProviderConfig
+from aiproc.server.providers.base import Provider
+from aiproc.server.providers.http import create_http_client
+from aiproc.server.providers.offline import OFFLINE_CONTEXT_WINDOW, OfflineProvider
+from aiproc.server.providers.openai import OpenAIProvider
+from aiproc.server.providers.prompt import context_window_for
+
+logger = logging.getLogger(__name__)
+
+_OFFLINE_FALLBACK = ProviderConfig(name="offline", kind="offline")
+
+
+class ProviderSet:
+    """The enabled providers, most preferred first, and the HTTP client they share."""
+
+    def __init__(
+        self,
+        entries: Sequence[tuple[Provider, ProviderConfig]],
+        *,
+        owned_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        """`owned_client`, when given, is closed by `aclose`."""
+        self._providers = tuple(provider for provider, _ in entries)
+        self._configs = {provider.name: config for provider, config in entries}
+        self._client = owned_client
+
+    @property
+    def providers(self) -> tuple[Provider, ...]:
+        return self._providers
+
+    def config(self, name: str) -> ProviderConfig:
+        """The configuration of the provider called `name` (priority, weight, limits)."""
+        return self._configs[name]
+
+    def __iter__(self) -> Iterator[Provider]:
+        return iter(self._providers)
+
+    def __len__(self) -> int:
+        return len(self._providers)
+
+    async def aclose(self) -> None:
+        """Closes every provider, then the HTTP client if this set made it."""
+        for provider in self._providers:
+            await provider.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+
+    def __repr__(self) -> str:
+        names = ", ".join(provider.name for provider in self._providers)
+        return f"<ProviderSet [{names}]>"
+
+
+def build_providers(
+    configs: Sequence[ProviderConfig],
+    processor: ProcessorConfig,
+    *,
+    env: Mapping[str, str],
+    http_client: httpx.AsyncClient | None = None,
+) -> ProviderSet:
+    """The enabled providers of `configs`, lower `priority` first and ties in config order.
+
+    API keys are read from `env`. Without any enabled provider the set holds
+    one OfflineProvider. An `http_client` passed in stays the caller's to
+    close; otherwise one is made, sized to `processor.max_concurrent_requests`,
+    and the set closes it.
+    """
+    enabled = sorted(
+        ((index, config) for index, config in enumerate(configs) if config.enabled),
+        key=lambda item: item[1].priority,
+    )
+    if not enabled:
+        logger.warning(
+            "no provider configured: using the offline provider, "
+            "which does not call any language model"
+        )
+        return ProviderSet([(OfflineProvider(), _OFFLINE_FALLBACK)])
+
+    # Everything that can fail is checked before a client is made.
+    for index, config in enabled:
+        if config.kind not in PROVIDER_KINDS:
+            raise ConfigError(f"providers[{index}].kind", f"unknown kind {config.kind!r}")
+    keys = {
+        index: _api_key(index, config, env) for index, config in enabled if config.kind == "openai"
+    }
+    # The aiohttp session behind a new client opens on first use, so a set of
+    # offline providers costs nothing for having one.
+    owned = None
+    if http_client is None:
+        owned = http_client = create_http_client(max_connections=processor.max_concurrent_requests)
+    entries: list[tuple[Provider, ProviderConfig]] = []
+    for index, config in enabled:
+        provider: Provider
+        if config.kind == "offline":
+            provider = OfflineProvider(
+                config.name, context_window=config.context_window or OFFLINE_CONTEXT_WINDOW
+            )
+        else:
+            model = config.model or processor.llm_model
+            provider = OpenAIProvider(
+                name=config.name,
+                base_url=config.base_url,
+                api_key=keys[index],
+                model=model,
+                context_window=config.context_window or context_window_for(model),
+                http_client=http_client,
+                request_timeout=config.request_timeout or None,
+            )
+        entries.append((provider, config))
+    return ProviderSet(entries, owned_client=owned)
+
+
+def _api_key(index: int, config: ProviderConfig, env: Mapping[str, str]) -> str | None:
+    """The key from the variable `config.api_key_env` names; None when it names none."""
+    if not config.api_key_env:
+        return None
+    key = env.get(config.api_key_env, "")
+    if not key:
+        raise ConfigError(
+            f"providers[{index}].api_key_env",
+            f"environment variable {config.api_key_env} is not set",
+        )
+    return key

@@ -1,0 +1,65 @@
+"""The store interface: the source of truth for tasks and undelivered results.
+
+The in-process queue is only an index over the store. Implementations: memory
+(here); durable ones implement the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Protocol
+
+from aiproc.server.core.models import Task, TaskResult
+
+
+class TaskStore(Protocol):
+    async def put(self, task: Task) -> None:
+        """Records a newly accepted task (state QUEUED)."""
+        ...
+
+    async def get(self, task_id: str) -> Task | None:
+        """The task, or None if unknown or expired."""
+        ...
+
+    async def find_idempotent(self, client_id: str, key: str) -> Task | None:
+        """The task this client queued with this idempotency key, if still known."""
+        ...
+
+    async def mark_running(self, task_id: str, started_at: float) -> Task | None:
+        """QUEUED -> RUNNING; returns None (and changes nothing) if the task is not QUEUED."""
+        ...
+
+    async def record_attempt(self, task_id: str) -> None:
+        """Counts one provider call against the task."""
+        ...
+
+    async def finish(self, result: TaskResult, finished_at: float) -> bool:
+        """Moves a live task to the result's terminal state and keeps the result.
+
+        Returns False (and changes nothing) if the task was already terminal.
+        """
+        ...
+
+    async def pending_results(
+        self, client_id: str, task_ids: Collection[str] | None = None
+    ) -> Sequence[TaskResult]:
+        """Unacknowledged results of this client (only `task_ids`, if given), oldest first."""
+        ...
+
+    async def ack(self, client_id: str, task_ids: Collection[str]) -> int:
+        """Forgets these results of this client; returns how many were pending."""
+        ...
+
+    async def live_tasks(self) -> Sequence[Task]:
+        """Every QUEUED or RUNNING task, for rebuilding the queue at start-up."""
+        ...
+
+    async def expire(self, now: float) -> int:
+        """Drops results and finished tasks older than the retention; returns how many tasks."""
+        ...
+
+    def undelivered_count(self) -> int:
+        """Results kept until acknowledged."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,110 @@
+"""A store that lives in the process: fast, and gone when the process is."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
+from dataclasses import replace
+
+from aiproc.server.core.models import Task, TaskResult, TaskState
+
+
+class MemoryStore:
+    """Tasks by id; undelivered results per client in completion order; idempotency keys.
+
+    A finished task and its result are kept for `retention` seconds after they
+    finish (or until acknowledged, for the result), so GetTask still answers.
+    """
+
+    def __init__(self, retention: float) -> None:
+        self.retention = retention
+        self._tasks: dict[str, Task] = {}
+        self._finished: OrderedDict[str, float] = OrderedDict()  # task_id -> finished_at
+        self._pending: dict[str, OrderedDict[str, TaskResult]] = {}  # client -> results
+        self._idempotency: dict[tuple[str, str], str] = {}
+
+    async def put(self, task: Task) -> None:
+        self._tasks[task.task_id] = task
+        if task.spec.idempotency_key:
+            self._idempotency[(task.client_id, task.spec.idempotency_key)] = task.task_id
+
+    async def get(self, task_id: str) -> Task | None:
+        return self._tasks.get(task_id)
+
+    async def find_idempotent(self, client_id: str, key: str) -> Task | None:
+        task_id = self._idempotency.get((client_id, key))
+        return None if task_id is None else self._tasks.get(task_id)
+
+    async def mark_running(self, task_id: str, started_at: float) -> Task | None:
+        task = self._tasks.get(task_id)
+        if task is None or task.state is not TaskState.QUEUED:
+            return None
+        task.state = TaskState.RUNNING
+        task.started_at = started_at
+        return task
+
+    async def record_attempt(self, task_id: str) -> None:
+        task = self._tasks.get(task_id)
+        if task is not None:
+            task.attempts += 1
+
+    async def finish(self, result: TaskResult, finished_at: float) -> bool:
+        task = self._tasks.get(result.task_id)
+        if task is None or task.state.is_terminal:
+            return False
+        task.state = result.state
+        task.finished_at = finished_at
+        task.result = replace(result, attempts=max(result.attempts, task.attempts))
+        self._finished[task.task_id] = finished_at
+        self._pending.setdefault(task.client_id, OrderedDict())[task.task_id] = task.result
+        return True
+
+    async def pending_results(
+        self, client_id: str, task_ids: Collection[str] | None = None
+    ) -> Sequence[TaskResult]:
+        pending = self._pending.get(client_id)
+        if not pending:
+            return []
+        if task_ids is None:
+            return list(pending.values())
+        return [result for task_id, result in pending.items() if task_id in task_ids]
+
+    async def ack(self, client_id: str, task_ids: Collection[str]) -> int:
+        pending = self._pending.get(client_id)
+        if not pending:
+            return 0
+        removed = sum(1 for task_id in task_ids if pending.pop(task_id, None) is not None)
+        if not pending:
+            del self._pending[client_id]
+        return removed
+
+    async def live_tasks(self) -> Sequence[Task]:
+        return [t for t in self._tasks.values() if not t.state.is_terminal]
+
+    async def expire(self, now: float) -> int:
+        cutoff = now - self.retention
+        expired = 0
+        while self._finished:
+            task_id, finished_at = next(iter(self._finished.items()))
+            if finished_at > cutoff:
+                break
+            del self._finished[task_id]
+            task = self._tasks.pop(task_id, None)
+            if task is None:
+                continue
+            expired += 1
+            key = task.spec.idempotency_key
+            if key and self._idempotency.get((task.client_id, key)) == task_id:
+                del self._idempotency[(task.client_id, key)]
+            await self.ack(task.client_id, (task_id,))
+        return expired
+
+    def undelivered_count(self) -> int:
+        return sum(len(results) for results in self._pending.values())
+
+    async def close(self) -> None:
+        self._tasks.clear()
+        self._pending.clear()
+
+    def __repr__(self) -> str:
+        return f"<MemoryStore tasks={len(self._tasks)} undelivered={self.undelivered_count()}>"

@@ -1,0 +1,81 @@
+"""`to_json`: dataclasses printed as the protobuf JSON mapping of their response messages."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from google.protobuf import json_format
+
+from aiproc.client import (
+    QueuedTask,
+    Stats,
+    TaskError,
+    TaskInfo,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+    to_json,
+)
+from aiproc.client.models import ErrorCode, ProgressEvent, ProgressKind
+from aiproc.v1 import processor_service_pb2 as pb
+from aiproc.v1 import task_pb2
+
+
+def test_queued_task_prints_a_queue_task_response_with_every_field() -> None:
+    text = to_json(QueuedTask("abc", TaskState.QUEUED))
+    assert "\n" not in text
+    assert json.loads(text) == {
+        "taskId": "abc",
+        "state": "TASK_STATE_QUEUED",
+        "deduplicated": False,
+    }
+    json_format.Parse(text, pb.QueueTaskResponse())
+
+
+def test_result_uses_camel_case_names_durations_and_timestamps() -> None:
+    result = TaskResult(
+        task_id="t1",
+        url="https://example.com/a",
+        error=TaskError(ErrorCode.TIMEOUT, "slow"),
+        state=TaskState.FAILED,
+        processing_time=1.5,
+        completed_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+        metadata={"k": "v"},
+    )
+    fields = json.loads(to_json(result))
+    assert fields["taskId"] == "t1"
+    assert fields["success"] is False
+    assert fields["error"] == {"code": "ERROR_CODE_TIMEOUT", "message": "slow"}
+    assert fields["processingTime"] == "1.500s"
+    assert fields["completedAt"] == "2025-01-02T03:04:05Z"
+    assert fields["metadata"] == {"k": "v"}
+    parsed = json_format.Parse(to_json(result), task_pb2.TaskResult())
+    assert parsed.error.code == task_pb2.ERROR_CODE_TIMEOUT
+
+
+def test_task_info_prints_a_get_task_response() -> None:
+    info = TaskInfo(
+        task_id="t1",
+        state=TaskState.RUNNING,
+        spec=TaskSpec(url="https://example.com/a", content="x"),
+    )
+    fields = json.loads(to_json(info))
+    assert fields["task"]["taskId"] == "t1"
+    assert fields["task"]["spec"]["url"] == "https://example.com/a"
+    assert "result" not in fields["task"]
+
+
+def test_state_prints_a_cancel_task_response_and_stats_a_stats_response() -> None:
+    assert json.loads(to_json(TaskState.CANCELLED)) == {"state": "TASK_STATE_CANCELLED"}
+    stats = json.loads(to_json(Stats(queue_capacity=10)))
+    assert stats["queueCapacity"] == 10
+    assert stats["isRunning"] is True
+    assert stats["counters"]["timedOut"] == "0"  # uint64 is a string in the JSON mapping
+
+
+def test_progress_event_prints_the_stream_message() -> None:
+    event = ProgressEvent(task_id="t", kind=ProgressKind.FAILED_OVER, attempt=2)
+    fields = json.loads(to_json(event, indent=2))
+    assert fields["kind"] == "PROGRESS_KIND_FAILED_OVER"
+    assert fields["attempt"] == 2

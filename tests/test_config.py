@@ -1,0 +1,122 @@
+"""Config: TOML, environment and flags, validated once with errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aiproc.server.config import ConfigError, load_config, parse_duration
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "aiproc.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_are_the_guides() -> None:
+    config = load_config(env={})
+    p = config.processor
+    assert (p.num_workers, p.queue_size, p.max_concurrent_requests) == (4, 1000, 10)
+    assert (p.worker_timeout, p.stream_results, p.llm_model) == (60.0, True, "gpt-3.5-turbo")
+    assert (p.max_tokens, p.temperature, p.rate_limit_rps) == (2048, 0.7, 10.0)
+    assert (p.initial_backoff, p.max_backoff, p.backoff_multiplier) == (0.1, 30.0, 2.0)
+    assert config.server.listen == "127.0.0.1:50051"
+    assert config.providers == ()
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[server]
+listen = "127.0.0.1:6000"
+[processor]
+num_workers = 8
+worker_timeout = "90s"
+initial_backoff = "250ms"
+[[providers]]
+name = "primary"
+kind = "openai"
+base_url = "http://127.0.0.1:8080/v1"
+api_key_env = "PRIMARY_KEY"
+[[providers]]
+name = "secondary"
+kind = "openai"
+base_url = "http://127.0.0.1:8081/v1"
+priority = 2
+[failover]
+strategy = "round_robin"
+retry_delay = "1s"
+""",
+    )
+    env = {"AIPROC_CONFIG": str(path), "AIPROC_PROCESSOR_NUM_WORKERS": "16"}
+    config = load_config(env=env, overrides={"server": {"listen": "127.0.0.1:7000"}})
+    assert config.server.listen == "127.0.0.1:7000"
+    assert config.processor.num_workers == 16
+    assert config.processor.worker_timeout == 90.0
+    assert config.processor.initial_backoff == 0.25
+    assert [p.name for p in config.providers] == ["primary", "secondary"]
+    assert config.providers[1].priority == 2
+    assert config.failover.strategy == "round_robin"
+    assert config.failover.retry_delay == 1.0
+
+
+@pytest.mark.parametrize(
+    ("toml", "field"),
+    [
+        ("[processor]\nrate_limit_rps = 0", "processor.rate_limit_rps"),
+        ("[processor]\nrate_limit_rps = -5.0", "processor.rate_limit_rps"),
+        ("[processor]\nnum_workers = 0", "processor.num_workers"),
+        ("[processor]\nqueue_size = 'big'", "processor.queue_size"),
+        ("[processor]\ntemperature = 3.5", "processor.temperature"),
+        ("[processor]\nworker_timeout = '-1s'", "processor.worker_timeout"),
+        ("[processor]\nworker_timeout = 'soon'", "processor.worker_timeout"),
+        ("[processor]\nmax_backoff = '10ms'", "processor.max_backoff"),
+        ("[processor]\nbackoff_multiplier = 0.5", "processor.backoff_multiplier"),
+        ("[processor]\nnum_wokers = 3", "processor.num_wokers"),
+        ("[server]\nlisten = 'nowhere'", "server.listen"),
+        ("[server]\nstore = 'mongodb://x'", "server.store"),
+        ("[failover]\nstrategy = 'fastest'", "failover.strategy"),
+        ("[surprise]\nx = 1", "surprise"),
+        ("[[providers]]\nname = 'a'\nkind = 'cohere'", "providers[0].kind"),
+        ("[[providers]]\nkind = 'offline'", "providers[0].name"),
+        ("[[providers]]\nname = 'a'\nkind = 'openai'", "providers[0].base_url"),
+        (
+            "[[providers]]\nname = 'a'\nkind = 'openai'\nbase_url = 'http://x'\n"
+            "api_key_env = 'sk-live-123'",
+            "providers[0].api_key_env",
+        ),
+        (
+            "[[providers]]\nname = 'a'\nkind = 'offline'\n"
+            "[[providers]]\nname = 'a'\nkind = 'offline'",
+            "providers[1].name",
+        ),
+    ],
+)
+def test_invalid_config_names_the_field(tmp_path: Path, toml: str, field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, toml), env={})
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"invalid config: {field}:")
+
+
+def test_unknown_environment_override_is_refused() -> None:
+    with pytest.raises(ConfigError, match="AIPROC_PROCESSOR_WORKERS"):
+        load_config(env={"AIPROC_PROCESSOR_WORKERS": "3"})
+
+
+def test_missing_file_and_bad_toml_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.toml", env={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[processor\n"), env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("100ms", 0.1), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("2", 2.0), (1.5, 1.5)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text, "f") == pytest.approx(seconds)
