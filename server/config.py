@@ -23,7 +23,15 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-PROVIDER_KINDS = ("openai", "offline")
+PROVIDER_KINDS = ("openai", "anthropic", "azure_openai", "ollama", "gemini", "offline")
+# Where each vendor's API lives when base_url is not given; openai-compatible
+# servers and Azure deployments have no universal address, so they must say.
+DEFAULT_BASE_URLS = {
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
+    "ollama": "http://127.0.0.1:11434",
+}
+BREAKER_PRESETS = ("default", "strict", "lenient", "custom")
 FAILOVER_STRATEGIES = (
     "priority",
     "round_robin",
@@ -102,9 +110,12 @@ class ProviderConfig:
     name: str
     """Unique name; two keys of one vendor are two providers."""
     kind: str
-    """openai or offline."""
+    """openai, anthropic, azure_openai, ollama, gemini or offline."""
     base_url: str = ""
-    """API root, e.g. https://api.openai.com/v1. Required for openai."""
+    """API root, e.g. https://api.openai.com/v1 or https://RESOURCE.openai.azure.com.
+
+    Required for openai and azure_openai; the vendor's public address otherwise.
+    """
     api_key_env: str = ""
     """Name of the environment variable holding the API key (never the key itself)."""
     model: str = ""
@@ -121,18 +132,76 @@ class ProviderConfig:
     """Tokens the model accepts; 0 means known for the model, else 8192."""
     request_timeout: float = 0.0
     """Seconds one HTTP call may take; 0 means the task's remaining time."""
+    deployment: str = ""
+    """azure_openai only: the deployment name in the URL. Default: the model."""
+    api_version: str = ""
+    """azure_openai: the api-version query parameter (default 2024-10-21);
+    anthropic: the anthropic-version header (default 2023-06-01)."""
+    rps: float = 0.0
+    """Calls per second to this provider (its own quota); 0 means no limit of its own."""
+    tokens_per_minute: int = 0
+    """Tokens per minute to this provider, estimated before each call and corrected
+    from the usage it reports; 0 means no limit."""
+    price_per_1k_input: float = 0.0
+    """Cost of 1,000 prompt tokens, for least_cost selection; 0 means unknown."""
+    price_per_1k_output: float = 0.0
+    """Cost of 1,000 completion tokens, for least_cost selection; 0 means unknown."""
 
 
 @dataclass(frozen=True, slots=True)
 class FailoverConfig:
-    """Accepted and validated now; behaviour arrives with the resilience work."""
-
     strategy: str = "priority"
+    """How the next provider is picked: priority, round_robin, weighted, random,
+    least_latency, least_errors, least_cost or least_busy. Default priority."""
     max_retries: int = 3
+    """Switches to another provider within one attempt chain. Default 3."""
     retry_delay: float = 0.5
+    """Seconds before trying the next provider after a failure. Default 500ms."""
     failback_delay: float = 60.0
+    """Seconds a recovered provider must stay healthy before it gets traffic
+    again beyond half-open probes. Default 60s."""
     health_check_threshold: int = 3
+    """Consecutive failed health checks (or calls) that make a provider
+    Unavailable. Default 3."""
     circuit_breaker_enabled: bool = True
+    """One circuit breaker per provider. Default true."""
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerConfig:
+    """A preset, optionally with some of its values replaced (any field set here wins)."""
+
+    preset: str = "default"
+    """default (5 failures / 60s window / 10 min requests / 30s recovery / 3 probes),
+    strict (3 / 30s / 5 / 15s / 2), lenient (10 / 120s / 20 / 60s / 5), or custom."""
+    failure_threshold: int = 0
+    """Failures in the window (with min_requests calls) or in a row that open it; 0: preset."""
+    window: float = 0.0
+    """Seconds of the sliding window; 0: preset."""
+    min_requests: int = 0
+    """Calls the window must hold before the failure count can open it; 0: preset."""
+    recovery_timeout: float = 0.0
+    """Seconds open before half-open probes are let through; 0: preset."""
+    half_open_max_probes: int = 0
+    """Probes in flight at once while half-open; 0: preset."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    enabled: bool = True
+    """Run active health checks. Default true."""
+    check_interval: float = 30.0
+    """Seconds between checks of each provider. Default 30s."""
+    timeout: float = 5.0
+    """Seconds one check may take. Default 5s."""
+    degraded_error_rate: float = 0.1
+    """Error rate over the window at which a provider is Degraded. Default 0.1."""
+    critical_error_rate: float = 0.5
+    """Error rate over the window at which a provider is Critical. Default 0.5."""
+    success_threshold: int = 2
+    """Consecutive successes that bring an Unavailable provider back. Default 2."""
+    window: float = 60.0
+    """Seconds of outcomes the error rate is computed over. Default 60s."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +210,8 @@ class Config:
     processor: ProcessorConfig = ProcessorConfig()
     providers: tuple[ProviderConfig, ...] = ()
     failover: FailoverConfig = FailoverConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    health: HealthConfig = HealthConfig()
     log_level: str = "INFO"
 
 
@@ -168,6 +239,10 @@ _DURATION_FIELDS = {
     "retry_delay",
     "failback_delay",
     "request_timeout",
+    "window",
+    "recovery_timeout",
+    "check_interval",
+    "timeout",
 }
 
 
@@ -269,13 +344,17 @@ def _validate_provider(index: int, cfg: ProviderConfig) -> None:
         raise ConfigError(
             f"{where}.kind", f"unknown kind {cfg.kind!r}; known: {', '.join(PROVIDER_KINDS)}"
         )
-    if cfg.kind == "openai":
-        if not cfg.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{where}.base_url", "required: an http:// or https:// URL")
-        if cfg.api_key_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", cfg.api_key_env):
-            raise ConfigError(
-                f"{where}.api_key_env", "must be the NAME of an environment variable, not a key"
-            )
+    if cfg.kind in ("openai", "azure_openai") and not cfg.base_url:
+        raise ConfigError(f"{where}.base_url", f"required for kind {cfg.kind}")
+    if cfg.base_url and not cfg.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.base_url", "must be an http:// or https:// URL")
+    if cfg.api_key_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", cfg.api_key_env):
+        raise ConfigError(
+            f"{where}.api_key_env", "must be the NAME of an environment variable, not a key"
+        )
+    for name in ("rps", "tokens_per_minute", "price_per_1k_input", "price_per_1k_output"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{where}.{name}", "must not be negative")
     if cfg.weight <= 0:
         raise ConfigError(f"{where}.weight", "must be positive")
     if cfg.max_concurrent_requests < 1:
@@ -294,6 +373,38 @@ def _validate_failover(cfg: FailoverConfig) -> None:
         raise ConfigError("failover.max_retries", "must not be negative")
     if cfg.health_check_threshold < 1:
         raise ConfigError("failover.health_check_threshold", "must be at least 1")
+
+
+def _validate_breaker(cfg: CircuitBreakerConfig) -> None:
+    if cfg.preset not in BREAKER_PRESETS:
+        raise ConfigError(
+            "circuit_breaker.preset",
+            f"unknown preset {cfg.preset!r}; known: {', '.join(BREAKER_PRESETS)}",
+        )
+    values = ("failure_threshold", "window", "min_requests", "recovery_timeout")
+    for name in (*values, "half_open_max_probes"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"circuit_breaker.{name}", "must not be negative")
+    if cfg.preset == "custom":
+        for name in (*values, "half_open_max_probes"):
+            if not getattr(cfg, name):
+                raise ConfigError(f"circuit_breaker.{name}", "required with preset = custom")
+
+
+def _validate_health(cfg: HealthConfig) -> None:
+    if cfg.check_interval <= 0:
+        raise ConfigError("health.check_interval", "must be positive")
+    if cfg.timeout <= 0:
+        raise ConfigError("health.timeout", "must be positive")
+    if cfg.window <= 0:
+        raise ConfigError("health.window", "must be positive")
+    if not 0 < cfg.degraded_error_rate <= cfg.critical_error_rate <= 1:
+        raise ConfigError(
+            "health.critical_error_rate",
+            "need 0 < degraded_error_rate <= critical_error_rate <= 1",
+        )
+    if cfg.success_threshold < 1:
+        raise ConfigError("health.success_threshold", "must be at least 1")
 
 
 def _env_overrides(env: Mapping[str, str], section: str, cls: type[Any]) -> dict[str, str]:
@@ -330,7 +441,8 @@ def load_config(
             raise ConfigError("config", f"file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
-    unknown = set(raw) - {"server", "processor", "providers", "failover", "log_level"}
+    known_sections = {"server", "processor", "providers", "failover", "circuit_breaker", "health"}
+    unknown = set(raw) - known_sections - {"log_level"}
     if unknown:
         raise ConfigError(sorted(unknown)[0], "unknown section")
 
@@ -339,6 +451,8 @@ def load_config(
         ("server", ServerConfig),
         ("processor", ProcessorConfig),
         ("failover", FailoverConfig),
+        ("circuit_breaker", CircuitBreakerConfig),
+        ("health", HealthConfig),
     ):
         merged = dict(raw.get(name, {})) if isinstance(raw.get(name, {}), Mapping) else raw[name]
         if isinstance(merged, dict):
@@ -361,6 +475,8 @@ def load_config(
         processor=sections["processor"],
         providers=providers,
         failover=sections["failover"],
+        circuit_breaker=sections["circuit_breaker"],
+        health=sections["health"],
         log_level=log_level,
     )
     validate(config)
@@ -372,6 +488,8 @@ def validate(config: Config) -> None:
     _validate_server(config.server)
     _validate_processor(config.processor)
     _validate_failover(config.failover)
+    _validate_breaker(config.circuit_breaker)
+    _validate_health(config.health)
     seen: set[str] = set()
     for index, provider in enumerate(config.providers):
         _validate_provider(index, provider)

@@ -68,6 +68,11 @@ class Provider(Protocol):
         """Runs one completion; raises a ProviderError subclass on failure."""
         ...
 
+    async def check_health(self, timeout: float) -> None:
+        """Asks a cheap endpoint (e.g. the model list) whether the API answers; never a paid
+        completion. Returns normally when healthy; raises a ProviderError subclass otherwise."""
+        ...
+
     async def aclose(self) -> None:
         """Releases connections."""
         ...

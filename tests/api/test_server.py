@@ -483,3 +483,24 @@ async def test_graceful_shutdown_finishes_running_work_and_reports_queued_work(
         await stopping
     assert results[running.task_id].success
     assert results[queued.task_id].error.code == task_pb2.ERROR_CODE_SHUTDOWN
+
+
+async def test_stream_results_false_turns_streaming_off_but_get_task_still_works(
+    start_server: ServerFactory, channel_to: Connect
+) -> None:
+    server = await start_server(make_config(processor={"stream_results": False}))
+    stub = channel_to(server)
+    queued = await stub.QueueTask(queue_request(), timeout=5)
+    stream = Stream(stub)
+    stream.subscribe(queued.task_id)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stream.call.read()
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "stream_results" in (caught.value.details() or "")
+    async with asyncio.timeout(5):
+        while True:
+            got = await stub.GetTask(pb.GetTaskRequest(task_id=queued.task_id), timeout=5)
+            if got.task.state == task_pb2.TASK_STATE_SUCCEEDED:
+                break
+            await asyncio.sleep(0.01)
+    assert got.task.result.success
