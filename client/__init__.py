@@ -4,6 +4,10 @@
         queued = await client.queue("https://example.com/a", text)
         result = await client.wait(queued.task_id, timeout=60)
 
+        async with client.watch_events() as events:   # failovers, breakers, health
+            async for event in events:
+                print(event.kind, event.provider, event.reason)
+
 `Client` offers the same calls, blocking. Every call returns frozen
 dataclasses from `aiproc.client.models` and raises `AiprocClientError`
 subclasses from `aiproc.client.errors`.
@@ -19,14 +23,21 @@ from aiproc.client.errors import (
     QueueFull,
     Unavailable,
 )
+from aiproc.client.events import EventStream
 from aiproc.client.jsonout import to_json
 from aiproc.client.models import (
+    Attempt,
+    BreakerState,
     Counters,
     ErrorCode,
+    EventCount,
+    HealthLevel,
     LatencySummary,
     Priority,
     ProgressEvent,
     ProgressKind,
+    ProviderEvent,
+    ProviderEventKind,
     ProviderStats,
     QueueDepth,
     QueuedTask,
@@ -39,22 +50,30 @@ from aiproc.client.models import (
     TokenUsage,
 )
 from aiproc.client.stream import ResultStream
-from aiproc.client.sync_client import Client
+from aiproc.client.sync_client import BlockingEventStream, Client
 
 __all__ = [
     "AiprocClientError",
     "AsyncClient",
+    "Attempt",
+    "BlockingEventStream",
+    "BreakerState",
     "Client",
     "Counters",
     "DeadlineExceeded",
     "ErrorCode",
+    "EventCount",
+    "EventStream",
     "FailedPrecondition",
+    "HealthLevel",
     "InvalidArgument",
     "LatencySummary",
     "NotFound",
     "Priority",
     "ProgressEvent",
     "ProgressKind",
+    "ProviderEvent",
+    "ProviderEventKind",
     "ProviderStats",
     "QueueDepth",
     "QueueFull",

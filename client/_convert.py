@@ -13,12 +13,18 @@ from typing import TypeVar
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from aiproc.client.models import (
+    Attempt,
+    BreakerState,
     Counters,
     ErrorCode,
+    EventCount,
+    HealthLevel,
     LatencySummary,
     Priority,
     ProgressEvent,
     ProgressKind,
+    ProviderEvent,
+    ProviderEventKind,
     ProviderStats,
     QueueDepth,
     QueuedTask,
@@ -70,6 +76,30 @@ _PROGRESS_TO_PB = {
     ProgressKind.RETRYING: pb.PROGRESS_KIND_RETRYING,
     ProgressKind.FAILED_OVER: pb.PROGRESS_KIND_FAILED_OVER,
 }
+_BREAKER_TO_PB = {
+    BreakerState.UNSPECIFIED: pb.BREAKER_STATE_UNSPECIFIED,
+    BreakerState.CLOSED: pb.BREAKER_STATE_CLOSED,
+    BreakerState.OPEN: pb.BREAKER_STATE_OPEN,
+    BreakerState.HALF_OPEN: pb.BREAKER_STATE_HALF_OPEN,
+}
+_HEALTH_TO_PB = {
+    HealthLevel.UNSPECIFIED: pb.HEALTH_LEVEL_UNSPECIFIED,
+    HealthLevel.HEALTHY: pb.HEALTH_LEVEL_HEALTHY,
+    HealthLevel.DEGRADED: pb.HEALTH_LEVEL_DEGRADED,
+    HealthLevel.CRITICAL: pb.HEALTH_LEVEL_CRITICAL,
+    HealthLevel.UNAVAILABLE: pb.HEALTH_LEVEL_UNAVAILABLE,
+}
+_EVENT_TO_PB = {
+    ProviderEventKind.UNSPECIFIED: pb.PROVIDER_EVENT_KIND_UNSPECIFIED,
+    ProviderEventKind.FAILOVER: pb.PROVIDER_EVENT_KIND_FAILOVER,
+    ProviderEventKind.BREAKER_OPENED: pb.PROVIDER_EVENT_KIND_BREAKER_OPENED,
+    ProviderEventKind.BREAKER_HALF_OPEN: pb.PROVIDER_EVENT_KIND_BREAKER_HALF_OPEN,
+    ProviderEventKind.RECOVERED: pb.PROVIDER_EVENT_KIND_RECOVERED,
+    ProviderEventKind.FAILBACK: pb.PROVIDER_EVENT_KIND_FAILBACK,
+    ProviderEventKind.HEALTH_CHANGED: pb.PROVIDER_EVENT_KIND_HEALTH_CHANGED,
+    ProviderEventKind.PAUSED: pb.PROVIDER_EVENT_KIND_PAUSED,
+    ProviderEventKind.ALL_PROVIDERS_DOWN: pb.PROVIDER_EVENT_KIND_ALL_PROVIDERS_DOWN,
+}
 
 
 def _invert(table: Mapping[_K, _V]) -> dict[_V, _K]:
@@ -82,6 +112,9 @@ _PRIORITY_FROM_PB = _invert(_PRIORITY_TO_PB)
 _STATE_FROM_PB = _invert(_STATE_TO_PB)
 _ERROR_FROM_PB = _invert(_ERROR_TO_PB)
 _PROGRESS_FROM_PB = _invert(_PROGRESS_TO_PB)
+_BREAKER_FROM_PB = _invert(_BREAKER_TO_PB)
+_HEALTH_FROM_PB = _invert(_HEALTH_TO_PB)
+_EVENT_FROM_PB = _invert(_EVENT_TO_PB)
 
 
 def priority_to_proto(priority: Priority) -> task_pb2.Priority.ValueType:
@@ -120,6 +153,16 @@ def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     return timestamp
 
 
+def _error_from_proto(message: task_pb2.TaskError) -> TaskError:
+    return TaskError(
+        code=_ERROR_FROM_PB.get(message.code, ErrorCode.UNSPECIFIED), message=message.message
+    )
+
+
+def _error_to_proto(error: TaskError) -> task_pb2.TaskError:
+    return task_pb2.TaskError(code=_ERROR_TO_PB[error.code], message=error.message)
+
+
 def spec_to_proto(spec: TaskSpec) -> task_pb2.TaskSpec:
     message = task_pb2.TaskSpec(
         url=spec.url,
@@ -132,6 +175,8 @@ def spec_to_proto(spec: TaskSpec) -> task_pb2.TaskSpec:
     )
     if spec.timeout is not None:
         message.timeout.CopyFrom(_duration(spec.timeout))
+    if spec.max_retries is not None:
+        message.max_retries = spec.max_retries
     return message
 
 
@@ -145,6 +190,7 @@ def spec_from_proto(message: task_pb2.TaskSpec) -> TaskSpec:
         model=message.model,
         idempotency_key=message.idempotency_key,
         metadata=dict(message.metadata),
+        max_retries=message.max_retries if message.HasField("max_retries") else None,
     )
 
 
@@ -164,19 +210,31 @@ def queued_to_proto(queued: QueuedTask) -> pb.QueueTaskResponse:
     )
 
 
+def _attempt_from_proto(message: task_pb2.Attempt) -> Attempt:
+    return Attempt(
+        provider=message.provider,
+        started_at=_datetime(message.started_at) if message.HasField("started_at") else None,
+        duration=_seconds(message.duration),
+        error=_error_from_proto(message.error) if message.HasField("error") else None,
+    )
+
+
+def _attempt_to_proto(attempt: Attempt) -> task_pb2.Attempt:
+    message = task_pb2.Attempt(provider=attempt.provider, duration=_duration(attempt.duration))
+    if attempt.started_at is not None:
+        message.started_at.CopyFrom(_timestamp(attempt.started_at))
+    if attempt.error is not None:
+        message.error.CopyFrom(_error_to_proto(attempt.error))
+    return message
+
+
 def result_from_proto(message: task_pb2.TaskResult) -> TaskResult:
-    error = None
-    if message.HasField("error"):
-        error = TaskError(
-            code=_ERROR_FROM_PB.get(message.error.code, ErrorCode.UNSPECIFIED),
-            message=message.error.message,
-        )
     return TaskResult(
         task_id=message.task_id,
         url=message.url,
         success=message.success,
         enhanced_content=message.enhanced_content,
-        error=error,
+        error=_error_from_proto(message.error) if message.HasField("error") else None,
         provider=message.provider,
         model=message.model,
         attempts=message.attempts,
@@ -187,6 +245,7 @@ def result_from_proto(message: task_pb2.TaskResult) -> TaskResult:
         state=state_from_proto(message.state),
         completed_at=_datetime(message.completed_at) if message.HasField("completed_at") else None,
         metadata=dict(message.metadata),
+        history=tuple(_attempt_from_proto(attempt) for attempt in message.history),
     )
 
 
@@ -207,11 +266,10 @@ def result_to_proto(result: TaskResult) -> task_pb2.TaskResult:
         trace_id=result.trace_id,
         state=state_to_proto(result.state),
         metadata=dict(result.metadata),
+        history=[_attempt_to_proto(attempt) for attempt in result.history],
     )
     if result.error is not None:
-        message.error.CopyFrom(
-            task_pb2.TaskError(code=_ERROR_TO_PB[result.error.code], message=result.error.message)
-        )
+        message.error.CopyFrom(_error_to_proto(result.error))
     if result.completed_at is not None:
         message.completed_at.CopyFrom(_timestamp(result.completed_at))
     return message
@@ -306,6 +364,13 @@ def _provider_from_proto(message: pb.ProviderStats) -> ProviderStats:
         failures=message.failures,
         average_latency=_seconds(message.average_latency),
         state=message.state,
+        breaker_state=_BREAKER_FROM_PB.get(message.breaker_state, BreakerState.UNSPECIFIED),
+        health=_HEALTH_FROM_PB.get(message.health, HealthLevel.UNSPECIFIED),
+        paused_for=_seconds(message.paused_for),
+        error_rate=message.error_rate,
+        priority=message.priority,
+        max_concurrent_requests=message.max_concurrent_requests,
+        rate_limited=message.rate_limited,
     )
 
 
@@ -320,6 +385,13 @@ def _provider_to_proto(provider: ProviderStats) -> pb.ProviderStats:
         failures=provider.failures,
         average_latency=_duration(provider.average_latency),
         state=provider.state,
+        breaker_state=_BREAKER_TO_PB[provider.breaker_state],
+        health=_HEALTH_TO_PB[provider.health],
+        paused_for=_duration(provider.paused_for),
+        error_rate=provider.error_rate,
+        priority=provider.priority,
+        max_concurrent_requests=provider.max_concurrent_requests,
+        rate_limited=provider.rate_limited,
     )
 
 
@@ -343,6 +415,8 @@ def stats_from_proto(message: pb.StatsResponse) -> Stats:
             rejected=counters.rejected,
             cancelled=counters.cancelled,
             timed_out=counters.timed_out,
+            failovers=counters.failovers,
+            rate_limit_waits=counters.rate_limit_waits,
         ),
         queue_latency=_latency_from_proto(message.queue_latency),
         processing_latency=_latency_from_proto(message.processing_latency),
@@ -350,6 +424,10 @@ def stats_from_proto(message: pb.StatsResponse) -> Stats:
         subscribers=message.subscribers,
         undelivered_results=message.undelivered_results,
         started_at=_datetime(message.started_at) if message.HasField("started_at") else None,
+        event_counts=tuple(
+            EventCount(_EVENT_FROM_PB.get(item.kind, ProviderEventKind.UNSPECIFIED), item.count)
+            for item in message.event_counts
+        ),
     )
 
 
@@ -373,13 +451,47 @@ def stats_to_proto(stats: Stats) -> pb.StatsResponse:
             rejected=counters.rejected,
             cancelled=counters.cancelled,
             timed_out=counters.timed_out,
+            failovers=counters.failovers,
+            rate_limit_waits=counters.rate_limit_waits,
         ),
         queue_latency=_latency_to_proto(stats.queue_latency),
         processing_latency=_latency_to_proto(stats.processing_latency),
         providers=[_provider_to_proto(provider) for provider in stats.providers],
         subscribers=stats.subscribers,
         undelivered_results=stats.undelivered_results,
+        event_counts=[
+            pb.EventCount(kind=_EVENT_TO_PB[item.kind], count=item.count)
+            for item in stats.event_counts
+        ],
     )
     if stats.started_at is not None:
         message.started_at.CopyFrom(_timestamp(stats.started_at))
+    return message
+
+
+def provider_event_from_proto(message: pb.ProviderEvent) -> ProviderEvent:
+    return ProviderEvent(
+        kind=_EVENT_FROM_PB.get(message.kind, ProviderEventKind.UNSPECIFIED),
+        at=_datetime(message.at) if message.HasField("at") else None,
+        provider=message.provider,
+        to_provider=message.to_provider,
+        reason=message.reason,
+        downtime=_seconds(message.downtime),
+        health=_HEALTH_FROM_PB.get(message.health, HealthLevel.UNSPECIFIED),
+        task_id=message.task_id,
+    )
+
+
+def provider_event_to_proto(event: ProviderEvent) -> pb.ProviderEvent:
+    message = pb.ProviderEvent(
+        kind=_EVENT_TO_PB[event.kind],
+        provider=event.provider,
+        to_provider=event.to_provider,
+        reason=event.reason,
+        downtime=_duration(event.downtime),
+        health=_HEALTH_TO_PB[event.health],
+        task_id=event.task_id,
+    )
+    if event.at is not None:
+        message.at.CopyFrom(_timestamp(event.at))
     return message

@@ -18,6 +18,7 @@ from aiproc.client._convert import (
 from aiproc.client._receiver import Receiver
 from aiproc.client._retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, call_with_retry
 from aiproc.client.errors import Unavailable, map_rpc_error
+from aiproc.client.events import EventStream
 from aiproc.client.models import (
     Priority,
     QueuedTask,
@@ -113,14 +114,19 @@ class AsyncClient:
         model: str = "",
         idempotency_key: str = "",
         metadata: Mapping[str, str] | None = None,
+        max_retries: int | None = None,
     ) -> QueuedTask:
         """Queues one task and returns its id at once.
 
         `timeout` is this call's deadline; `task_timeout` bounds the task's
-        processing on the server (None: the server's worker_timeout). The call
+        processing on the server (None: the server's worker_timeout);
+        `max_retries` is the task's budget of retries after retryable provider
+        errors (None: the server's processor.max_retries; at most 20). The call
         is retried on UNAVAILABLE only with an idempotency key, which makes a
         repeat safe.
         """
+        if max_retries is not None and max_retries < 0:
+            raise ValueError("max_retries must not be negative")
         spec = TaskSpec(
             url=url,
             content=content,
@@ -130,6 +136,7 @@ class AsyncClient:
             model=model,
             idempotency_key=idempotency_key,
             metadata=dict(metadata or {}),
+            max_retries=max_retries,
         )
         request = pb.QueueTaskRequest(task=spec_to_proto(spec))
 
@@ -155,6 +162,15 @@ class AsyncClient:
             task_ids=task_ids,
             all_tasks=all_tasks,
             include_progress=include_progress,
+        )
+
+    def watch_events(self, *, timeout: float | None = None) -> EventStream:
+        """One WatchEvents call streaming provider events, to use with `async with`;
+        `timeout` bounds the whole stream (None: no deadline, it lasts until closed)."""
+        return EventStream(
+            lambda: self._stub().WatchEvents(
+                pb.WatchEventsRequest(), timeout=timeout, metadata=self._metadata
+            )
         )
 
     async def wait(self, task_id: str, *, timeout: float | None = None) -> TaskResult:  # noqa: ASYNC109

@@ -12,21 +12,31 @@ from google.protobuf.message import Message
 
 from aiproc.client._convert import (
     progress_to_proto,
+    provider_event_to_proto,
     queued_to_proto,
     result_to_proto,
     state_to_proto,
     stats_to_proto,
     task_to_proto,
 )
-from aiproc.client.models import ProgressEvent, QueuedTask, Stats, TaskInfo, TaskResult, TaskState
+from aiproc.client.models import (
+    ProgressEvent,
+    ProviderEvent,
+    QueuedTask,
+    Stats,
+    TaskInfo,
+    TaskResult,
+    TaskState,
+)
 from aiproc.v1 import processor_service_pb2 as pb
 
-Printable = QueuedTask | TaskResult | ProgressEvent | TaskInfo | Stats | TaskState
+Printable = QueuedTask | TaskResult | ProgressEvent | ProviderEvent | TaskInfo | Stats | TaskState
 
 
 def to_message(obj: Printable) -> Message:
     """The message `obj` stands for: the response of the call that returned it, or for a
-    result or progress event, the message as StreamResults carries it."""
+    result or progress event, the message as StreamResults carries it, or for a provider
+    event, the WatchEventsResponse that carried it."""
     match obj:
         case QueuedTask():
             return queued_to_proto(obj)
@@ -34,6 +44,8 @@ def to_message(obj: Printable) -> Message:
             return result_to_proto(obj)
         case ProgressEvent():
             return progress_to_proto(obj)
+        case ProviderEvent():
+            return pb.WatchEventsResponse(event=provider_event_to_proto(obj))
         case TaskInfo():
             return pb.GetTaskResponse(task=task_to_proto(obj))
         case Stats():

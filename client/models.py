@@ -66,6 +66,44 @@ class ProgressKind(enum.StrEnum):
     """The server sent a kind this client does not know."""
 
 
+class BreakerState(enum.StrEnum):
+    """A provider's circuit breaker: CLOSED lets calls through, OPEN refuses them,
+    HALF_OPEN lets a few probes through."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    UNSPECIFIED = "unspecified"
+    """Not reported (the server's breakers are disabled), or a state this client does not know."""
+
+
+class HealthLevel(enum.StrEnum):
+    """How well a provider is doing, from health checks and recent calls."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    CRITICAL = "critical"
+    UNAVAILABLE = "unavailable"
+    """Several checks in a row failed; the provider gets no traffic until it recovers."""
+    UNSPECIFIED = "unspecified"
+    """Not known yet, or a level this client does not know."""
+
+
+class ProviderEventKind(enum.StrEnum):
+    """What happened to a provider."""
+
+    FAILOVER = "failover"
+    BREAKER_OPENED = "breaker_opened"
+    BREAKER_HALF_OPEN = "breaker_half_open"
+    RECOVERED = "recovered"
+    FAILBACK = "failback"
+    HEALTH_CHANGED = "health_changed"
+    PAUSED = "paused"
+    ALL_PROVIDERS_DOWN = "all_providers_down"
+    UNSPECIFIED = "unspecified"
+    """The server sent a kind this client does not know."""
+
+
 @dataclass(frozen=True, slots=True)
 class QueuedTask:
     """The answer to `queue`: the task's id and its state right after the call."""
@@ -93,6 +131,18 @@ class TaskError:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One provider call made for a task."""
+
+    provider: str
+    started_at: datetime | None = None
+    duration: float = 0.0
+    """Seconds the call took."""
+    error: TaskError | None = None
+    """Why the call failed; None when it succeeded."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TaskResult:
     """The outcome of one task."""
 
@@ -115,6 +165,8 @@ class TaskResult:
     state: TaskState = TaskState.UNSPECIFIED
     completed_at: datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    history: tuple[Attempt, ...] = ()
+    """Every provider call made for the task, in order."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +197,8 @@ class TaskSpec:
     model: str = ""
     idempotency_key: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    max_retries: int | None = None
+    """Retries after retryable provider errors; None means the server's processor.max_retries."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -183,6 +237,10 @@ class Counters:
     rejected: int = 0
     cancelled: int = 0
     timed_out: int = 0
+    failovers: int = 0
+    """Attempts moved to another provider after a failure."""
+    rate_limit_waits: int = 0
+    """Provider calls that waited for a rate limit or a provider's Retry-After pause."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,6 +268,46 @@ class ProviderStats:
     average_latency: float = 0.0
     """Seconds, a moving average over successful calls."""
     state: str = ""
+    """Its overall state in a word: "available", "paused", "open", "half_open",
+    "unavailable" or "disabled"."""
+    breaker_state: BreakerState = BreakerState.UNSPECIFIED
+    health: HealthLevel = HealthLevel.UNSPECIFIED
+    paused_for: float = 0.0
+    """Seconds left of a pause the provider asked for (Retry-After); 0 when not paused."""
+    error_rate: float = 0.0
+    """Share of recent calls that failed, 0 to 1."""
+    priority: int = 0
+    """Lower is preferred."""
+    max_concurrent_requests: int = 0
+    rate_limited: int = 0
+    """Answers that were rate limits (HTTP 429 and the like)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventCount:
+    """How many provider events of one kind happened since the server started."""
+
+    kind: ProviderEventKind
+    count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderEvent:
+    """Something that happened to a provider, as `watch_events` delivers it."""
+
+    kind: ProviderEventKind
+    at: datetime | None = None
+    provider: str = ""
+    """The provider concerned; for FAILOVER, the one that failed."""
+    to_provider: str = ""
+    """For FAILOVER: the provider the next attempt goes to."""
+    reason: str = ""
+    downtime: float = 0.0
+    """For RECOVERED: seconds the provider was out."""
+    health: HealthLevel = HealthLevel.UNSPECIFIED
+    """For HEALTH_CHANGED: the new level."""
+    task_id: str = ""
+    """For FAILOVER: the task whose attempt moved."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,3 +329,5 @@ class Stats:
     subscribers: int = 0
     undelivered_results: int = 0
     started_at: datetime | None = None
+    event_counts: tuple[EventCount, ...] = ()
+    """Provider events since start, by kind."""

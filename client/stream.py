@@ -11,6 +11,7 @@ from typing import Self
 import grpc
 
 from aiproc.client._convert import progress_from_proto, result_from_proto
+from aiproc.client._reading import read_next
 from aiproc.client.errors import AiprocClientError, Unavailable, error_from_status, map_rpc_error
 from aiproc.client.models import ProgressEvent, TaskResult
 from aiproc.v1 import processor_service_pb2 as pb
@@ -85,7 +86,10 @@ class ResultStream:
 
     async def __anext__(self) -> TaskResult | ProgressEvent:
         call = self._opened()
-        while not self._closed and (message := await _read(call)) is not None:
+        while (
+            not self._closed
+            and (message := await read_next(call, pb.StreamResultsResponse)) is not None
+        ):
             kind = message.WhichOneof("kind")
             # A kind this client does not know (a newer server) is skipped, not fatal.
             if kind == "result":
@@ -128,7 +132,7 @@ class ResultStream:
             # Cancelling right away could drop acks still in flight, so wait for the
             # server to end the call; results read here are unacked and come back later.
             async with asyncio.timeout(CLOSE_GRACE):
-                while await _read(call) is not None:
+                while await read_next(call, pb.StreamResultsResponse) is not None:
                     pass
         except (AiprocClientError, TimeoutError):
             pass
@@ -164,24 +168,6 @@ class ResultStream:
                     await call.write(request)
             except asyncio.InvalidStateError:
                 raise await _ended_error(call) from None
-
-
-async def _read(call: StreamCall) -> pb.StreamResultsResponse | None:
-    """The next message of the call, or None once it has ended."""
-    if call.cancelled():
-        return None  # reading it would raise CancelledError
-    try:
-        with map_rpc_error():
-            message = await call.read()
-    except asyncio.CancelledError:
-        # grpc raises CancelledError when the call is cancelled locally while this
-        # read waits (e.g. by `abort`): that ends the stream, unless this very task
-        # is the one being cancelled.
-        task = asyncio.current_task()
-        if call.cancelled() and task is not None and not task.cancelling():
-            return None
-        raise
-    return message if isinstance(message, pb.StreamResultsResponse) else None
 
 
 async def _ended_error(call: StreamCall) -> AiprocClientError:

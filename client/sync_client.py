@@ -6,20 +6,33 @@ import asyncio
 import threading
 from collections.abc import Coroutine, Mapping
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from aiproc.client.async_client import DEFAULT_TARGET, AsyncClient
-from aiproc.client.models import Priority, QueuedTask, Stats, TaskInfo, TaskResult, TaskState
+from aiproc.client.events import EventStream
+from aiproc.client.models import (
+    Priority,
+    ProviderEvent,
+    QueuedTask,
+    Stats,
+    TaskInfo,
+    TaskResult,
+    TaskState,
+)
 
 _T = TypeVar("_T")
+
+
+class _Runner(Protocol):
+    def __call__(self, coro: Coroutine[Any, Any, _T], /) -> _T: ...
 
 
 class Client:
     """The same calls as `AsyncClient`, blocking; its event loop runs in a background thread.
 
-    Use it as a context manager, or call `close()`. Streams are left to
-    `AsyncClient`; `wait`, `try_recv_result` and `recv_all_results` cover
-    receiving results here.
+    Use it as a context manager, or call `close()`. Result streams are left
+    to `AsyncClient`; `wait`, `try_recv_result` and `recv_all_results` cover
+    receiving results here, and `watch_events` blocks for provider events.
     """
 
     def __init__(
@@ -77,6 +90,7 @@ class Client:
         model: str = "",
         idempotency_key: str = "",
         metadata: Mapping[str, str] | None = None,
+        max_retries: int | None = None,
     ) -> QueuedTask:
         """Queues one task and returns its id at once (see `AsyncClient.queue`)."""
         return self._run(
@@ -90,6 +104,7 @@ class Client:
                 model=model,
                 idempotency_key=idempotency_key,
                 metadata=metadata,
+                max_retries=max_retries,
             )
         )
 
@@ -121,6 +136,11 @@ class Client:
         """Queue, worker, counter, latency and provider statistics."""
         return self._run(self._client.stats(timeout=timeout))
 
+    def watch_events(self, *, timeout: float | None = None) -> BlockingEventStream:
+        """Provider events as a blocking iterator, to use with `with` (see
+        `AsyncClient.watch_events`); `timeout` bounds the whole stream."""
+        return BlockingEventStream(self._client.watch_events(timeout=timeout), self._run)
+
     def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         if self._loop.is_closed():
             coro.close()
@@ -137,3 +157,40 @@ class Client:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+
+
+class BlockingEventStream:
+    """An `EventStream` read from a thread without an event loop: each `next` blocks
+    until the next event, and the iteration ends when the server ends the call."""
+
+    def __init__(self, stream: EventStream, run: _Runner) -> None:
+        self._stream = stream
+        self._run = run
+
+    def __repr__(self) -> str:
+        return f"<BlockingEventStream {self._stream!r}>"
+
+    def __enter__(self) -> Self:
+        self._run(self._stream.__aenter__())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> ProviderEvent:
+        try:
+            return self._run(self._stream.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Cancels the call."""
+        self._run(self._stream.aclose())

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from aiproc.server.api.servicer import ProcessorServicer
-from aiproc.server.config import Config
+from aiproc.server.config import Config, ProviderConfig
 from aiproc.server.core.processor import Processor
 from aiproc.server.providers.base import Provider
 from aiproc.server.providers.registry import ProviderSet, build_providers
@@ -63,15 +63,25 @@ class AiprocServer:
         env: Mapping[str, str] | None = None,
         clock: Clock | None = None,
     ) -> AiprocServer:
-        """Builds everything from config and starts serving; `providers` overrides the config's."""
+        """Builds everything from config and starts serving.
+
+        `providers` replaces the configured ones (tests inject their own); each
+        takes its settings from the [[providers]] entry of the same name, if any.
+        """
         provider_set: ProviderSet | None = None
         if providers is None:
             provider_set = build_providers(
                 config.providers, config.processor, env=os.environ if env is None else env
             )
-            providers = provider_set.providers
+            entries = [(p, provider_set.config(p.name)) for p in provider_set.providers]
+        else:
+            configured = {p.name: p for p in config.providers}
+            entries = [
+                (p, configured.get(p.name) or ProviderConfig(name=p.name, kind=p.kind))
+                for p in providers
+            ]
         try:
-            return await cls._assemble(config, providers, provider_set, clock)
+            return await cls._assemble(config, entries, provider_set, clock)
         except BaseException:
             if provider_set is not None:
                 await provider_set.aclose()
@@ -81,15 +91,12 @@ class AiprocServer:
     async def _assemble(
         cls,
         config: Config,
-        providers: Sequence[Provider],
+        providers: Sequence[tuple[Provider, ProviderConfig]],
         provider_set: ProviderSet | None,
         clock: Clock | None,
     ) -> AiprocServer:
-        limits = {p.name: p.max_concurrent_requests for p in config.providers}
         store = MemoryStore(retention=config.server.result_ttl)
-        processor = Processor(
-            config.processor, store, providers, provider_limits=limits, clock=clock
-        )
+        processor = Processor(config, store, providers, clock=clock)
         grpc_server = grpc.aio.server()
         processor_service_pb2_grpc.add_ProcessorServiceServicer_to_server(
             ProcessorServicer(processor, max_content_bytes=config.server.max_content_bytes),

@@ -184,6 +184,9 @@ class CircuitBreakerConfig:
     """Seconds open before half-open probes are let through; 0: preset."""
     half_open_max_probes: int = 0
     """Probes in flight at once while half-open; 0: preset."""
+    failure_rate: float = 0.0
+    """Share of the window's calls that must have failed too (besides the count) for the
+    window to open it; 0: 0.5. Failures in a row open it whatever the rate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +384,8 @@ def _validate_breaker(cfg: CircuitBreakerConfig) -> None:
             "circuit_breaker.preset",
             f"unknown preset {cfg.preset!r}; known: {', '.join(BREAKER_PRESETS)}",
         )
+    if not 0 <= cfg.failure_rate <= 1:
+        raise ConfigError("circuit_breaker.failure_rate", "must be between 0 and 1")
     values = ("failure_threshold", "window", "min_requests", "recovery_timeout")
     for name in (*values, "half_open_max_probes"):
         if getattr(cfg, name) < 0:

@@ -42,6 +42,9 @@ class GatedProvider:
         await self.gate.wait()
         return Completion("done: " + url_line, self.model, TokenUsage(3, 2), "stop")
 
+    async def check_health(self, timeout: float) -> None:  # noqa: ASYNC109
+        return None
+
     async def wait_calls(self, n: int, within: float = 5.0) -> None:
         async with asyncio.timeout(within), self.started:
             await self.started.wait_for(lambda: len(self.calls) >= n)

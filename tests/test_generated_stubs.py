@@ -23,6 +23,7 @@ SERVICE_METHODS = {
     "Stats": (False, False),
     "GetTask": (False, False),
     "CancelTask": (False, False),
+    "WatchEvents": (False, True),
 }
 
 

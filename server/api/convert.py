@@ -13,12 +13,14 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aiproc.server.core.errors import InvalidArgument
+from aiproc.server.core.events import EventKind, ProviderEvent
 from aiproc.server.core.models import (
     ErrorCode,
     Priority,
     ProgressEvent,
     ProgressKind,
     Task,
+    TaskError,
     TaskResult,
     TaskSpec,
     TaskState,
@@ -33,6 +35,7 @@ MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY = 256
 MAX_METADATA_VALUE = 4096
 MAX_ID_LENGTH = 128
+MAX_TASK_RETRIES = 20
 _IDEMPOTENCY_MAX = 256
 _TASK_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -73,6 +76,30 @@ _PROGRESS_TO_PB = {
     ProgressKind.STARTED: service_pb.PROGRESS_KIND_STARTED,
     ProgressKind.RETRYING: service_pb.PROGRESS_KIND_RETRYING,
     ProgressKind.FAILED_OVER: service_pb.PROGRESS_KIND_FAILED_OVER,
+}
+
+_BREAKER_TO_PB = {
+    "": service_pb.BREAKER_STATE_UNSPECIFIED,
+    "closed": service_pb.BREAKER_STATE_CLOSED,
+    "open": service_pb.BREAKER_STATE_OPEN,
+    "half_open": service_pb.BREAKER_STATE_HALF_OPEN,
+}
+_HEALTH_TO_PB = {
+    "": service_pb.HEALTH_LEVEL_UNSPECIFIED,
+    "healthy": service_pb.HEALTH_LEVEL_HEALTHY,
+    "degraded": service_pb.HEALTH_LEVEL_DEGRADED,
+    "critical": service_pb.HEALTH_LEVEL_CRITICAL,
+    "unavailable": service_pb.HEALTH_LEVEL_UNAVAILABLE,
+}
+_EVENT_TO_PB = {
+    EventKind.FAILOVER: service_pb.PROVIDER_EVENT_KIND_FAILOVER,
+    EventKind.BREAKER_OPENED: service_pb.PROVIDER_EVENT_KIND_BREAKER_OPENED,
+    EventKind.BREAKER_HALF_OPEN: service_pb.PROVIDER_EVENT_KIND_BREAKER_HALF_OPEN,
+    EventKind.RECOVERED: service_pb.PROVIDER_EVENT_KIND_RECOVERED,
+    EventKind.FAILBACK: service_pb.PROVIDER_EVENT_KIND_FAILBACK,
+    EventKind.HEALTH_CHANGED: service_pb.PROVIDER_EVENT_KIND_HEALTH_CHANGED,
+    EventKind.PAUSED: service_pb.PROVIDER_EVENT_KIND_PAUSED,
+    EventKind.ALL_PROVIDERS_DOWN: service_pb.PROVIDER_EVENT_KIND_ALL_PROVIDERS_DOWN,
 }
 
 
@@ -135,7 +162,11 @@ def spec_from_pb(request: service_pb.QueueTaskRequest, max_content_bytes: int) -
             raise InvalidArgument(
                 f"task.metadata[{key}]", f"at most {MAX_METADATA_VALUE} characters"
             )
+    max_retries = pb.max_retries if pb.HasField("max_retries") else None
+    if max_retries is not None and max_retries > MAX_TASK_RETRIES:
+        raise InvalidArgument("task.max_retries", f"at most {MAX_TASK_RETRIES}")
     return TaskSpec(
+        max_retries=max_retries,
         url=_url(pb.url),
         content=pb.content,
         priority=_PRIORITY_FROM_PB[pb.priority],
@@ -192,10 +223,20 @@ def result_pb(result: TaskResult) -> task_pb.TaskResult:
         metadata=dict(result.metadata),
     )
     if result.error is not None:
-        pb.error.CopyFrom(
-            task_pb.TaskError(code=_ERROR_TO_PB[result.error.code], message=result.error.message)
+        pb.error.CopyFrom(_error_pb(result.error))
+    for attempt in result.history:
+        record = pb.history.add(
+            provider=attempt.provider,
+            started_at=timestamp_pb(attempt.started_at),
+            duration=duration_pb(attempt.duration),
         )
+        if attempt.error is not None:
+            record.error.CopyFrom(_error_pb(attempt.error))
     return pb
+
+
+def _error_pb(error: TaskError) -> task_pb.TaskError:
+    return task_pb.TaskError(code=_ERROR_TO_PB[error.code], message=error.message)
 
 
 def progress_pb(event: ProgressEvent) -> service_pb.ProgressEvent:
@@ -222,6 +263,8 @@ def spec_pb(spec: TaskSpec) -> task_pb.TaskSpec:
     )
     if spec.timeout is not None:
         pb.timeout.CopyFrom(duration_pb(spec.timeout))
+    if spec.max_retries is not None:
+        pb.max_retries = spec.max_retries
     return pb
 
 
@@ -272,6 +315,8 @@ def stats_pb(stats: ProcessorStats) -> service_pb.StatsResponse:
             rejected=c.rejected,
             cancelled=c.cancelled,
             timed_out=c.timed_out,
+            failovers=c.failovers,
+            rate_limit_waits=c.rate_limit_waits,
         ),
         queue_latency=_latency_pb(stats.queue_latency),
         processing_latency=_latency_pb(stats.processing_latency),
@@ -286,10 +331,34 @@ def stats_pb(stats: ProcessorStats) -> service_pb.StatsResponse:
                 failures=p.failures,
                 average_latency=duration_pb(p.average_latency),
                 state=p.state,
+                breaker_state=_BREAKER_TO_PB[p.breaker_state],
+                health=_HEALTH_TO_PB[p.health],
+                paused_for=duration_pb(p.paused_for),
+                error_rate=p.error_rate,
+                priority=p.priority,
+                max_concurrent_requests=p.max_concurrent_requests,
+                rate_limited=p.rate_limited,
             )
             for p in stats.providers
+        ],
+        event_counts=[
+            service_pb.EventCount(kind=_EVENT_TO_PB[EventKind(kind)], count=count)
+            for kind, count in sorted(stats.event_counts.items())
         ],
         subscribers=stats.subscribers,
         undelivered_results=stats.undelivered_results,
         started_at=timestamp_pb(stats.started_at),
+    )
+
+
+def event_pb(event: ProviderEvent) -> service_pb.ProviderEvent:
+    return service_pb.ProviderEvent(
+        kind=_EVENT_TO_PB[event.kind],
+        at=timestamp_pb(event.at),
+        provider=event.provider,
+        to_provider=event.to_provider,
+        reason=event.reason,
+        downtime=duration_pb(event.downtime),
+        health=_HEALTH_TO_PB[event.health],
+        task_id=event.task_id,
     )

@@ -76,6 +76,18 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
     async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.StatsResponse:
         return convert.stats_pb(self._processor.stats())
 
+    async def WatchEvents(
+        self, request: pb.WatchEventsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchEventsResponse]:
+        watch = self._processor.events.watch()
+        # Initial metadata tells the caller it is watching: any event from now on reaches it.
+        await context.send_initial_metadata(())
+        try:
+            async for event in watch:
+                yield pb.WatchEventsResponse(event=convert.event_pb(event))
+        finally:
+            self._processor.events.unwatch(watch)
+
     async def StreamResults(
         self,
         request_iterator: AsyncIterator[pb.StreamResultsRequest],

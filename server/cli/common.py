@@ -43,6 +43,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number, zero or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
+
+
 def connection_options(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
     """A parent parser with --server, --client-id and --timeout."""
     parent = argparse.ArgumentParser(add_help=False)

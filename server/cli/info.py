@@ -8,7 +8,17 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from aiproc.client import LatencySummary, Stats, TaskInfo, TaskState, to_json
+from aiproc.client import (
+    Attempt,
+    BreakerState,
+    HealthLevel,
+    LatencySummary,
+    ProviderStats,
+    Stats,
+    TaskInfo,
+    TaskState,
+    to_json,
+)
 from aiproc.server.cli.common import add_json_flag, client_from, connection_options, warn
 
 PREVIEW = 72
@@ -88,6 +98,7 @@ def _latency(name: str, summary: LatencySummary) -> str:
 def render_stats(stats: Stats) -> str:
     """Statistics as a few aligned lines."""
     depths = ", ".join(f"{depth.priority} {depth.depth}" for depth in stats.queue_depths)
+    events = ", ".join(f"{item.kind} {item.count}" for item in stats.event_counts)
     counters = stats.counters
     lines = [
         f"server     {'running' if stats.is_running else 'shutting down'}"
@@ -99,20 +110,36 @@ def render_stats(stats: Stats) -> str:
         f"{counters.failed} failed ({counters.timed_out} timed out), "
         f"{counters.cancelled} cancelled, {counters.rejected} rejected, "
         f"{counters.retried} retried",
+        f"resilience {counters.failovers} failovers, {counters.rate_limit_waits} rate-limit waits",
+        f"events     {events or 'none'}",
         f"latency    {_latency('queue', stats.queue_latency)}",
         f"           {_latency('processing', stats.processing_latency)}",
         f"streams    {stats.subscribers} open, {stats.undelivered_results} undelivered results",
     ]
     for index, provider in enumerate(stats.providers):
         label = "providers" if index == 0 else ""
-        enabled = "" if provider.enabled else ", disabled"
-        lines.append(
-            f"{label:<10} {provider.name} ({provider.kind}, {provider.model or '-'}{enabled}):"
-            f" {provider.state or '-'}, {provider.in_flight} in flight,"
-            f" {provider.requests} requests, {provider.failures} failures,"
-            f" avg {seconds(provider.average_latency)}"
-        )
+        first, second = _provider_lines(provider)
+        lines += [f"{label:<10} {first}", f"{'':<10}   {second}"]
     return "\n".join(lines)
+
+
+def _provider_lines(provider: ProviderStats) -> tuple[str, str]:
+    """Who the provider is and its state; then its load and outcomes."""
+    enabled = "" if provider.enabled else ", disabled"
+    breaker = (
+        "off" if provider.breaker_state is BreakerState.UNSPECIFIED else provider.breaker_state
+    )
+    health = "unknown" if provider.health is HealthLevel.UNSPECIFIED else provider.health
+    paused = f", paused {seconds(provider.paused_for)} more" if provider.paused_for > 0 else ""
+    limit = f"/{provider.max_concurrent_requests}" if provider.max_concurrent_requests else ""
+    return (
+        f"{provider.name} ({provider.kind}, {provider.model or '-'}, "
+        f"priority {provider.priority}{enabled}): {provider.state or '-'}, "
+        f"breaker {breaker}, health {health}{paused}",
+        f"{provider.in_flight}{limit} in flight, {provider.requests} requests, "
+        f"{provider.failures} failures ({provider.error_rate:.0%} recent errors), "
+        f"{provider.rate_limited} rate-limited, avg {seconds(provider.average_latency)}",
+    )
 
 
 def render_task(info: TaskInfo) -> str:
@@ -127,6 +154,8 @@ def render_task(info: TaskInfo) -> str:
         ("finished", _moment(info.finished_at)),
         ("attempts", str(info.attempts)),
     ]
+    if info.spec.max_retries is not None:
+        rows.append(("retries", f"at most {info.spec.max_retries}"))
     if info.spec.metadata:
         rows.append(("metadata", ", ".join(f"{k}={v}" for k, v in info.spec.metadata.items())))
     result = info.result
@@ -145,7 +174,17 @@ def render_task(info: TaskInfo) -> str:
             rows.append(("error", f"{result.error.code}: {result.error.message}"))
         if result.success:
             rows.append(("content", _preview(result.enhanced_content)))
+        rows += [
+            ("history" if number == 1 else "", _attempt_line(number, attempt))
+            for number, attempt in enumerate(result.history, start=1)
+        ]
     return "\n".join(f"{name:<10} {value}" for name, value in rows)
+
+
+def _attempt_line(number: int, attempt: Attempt) -> str:
+    """One provider call: "2. backup (850ms): ok" or "1. primary (30ms): transient: HTTP 503"."""
+    outcome = "ok" if attempt.error is None else f"{attempt.error.code}: {attempt.error.message}"
+    return f"{number}. {attempt.provider or '-'} ({seconds(attempt.duration)}): {outcome}"
 
 
 def _preview(text: str) -> str:

@@ -28,7 +28,10 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
 
     fake = commands.add_parser(
         "fake-provider",
-        help="run a fake OpenAI-compatible API, for trying providers offline",
+        help="run a fake provider API (OpenAI-compatible by default), for trying providers offline",
+        description="Runs a fake LLM provider. Script outages from another process through "
+        "its control API: GET /_fake/stats, POST /_fake/phase, /_fake/replies, /_fake/latency "
+        "and /_fake/reset (see aiproc.server.fakes.control).",
     )
     fake.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     fake.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
@@ -38,6 +41,29 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         type=float,
         default=0.0,
         help="delay before each answer (default 0)",
+    )
+    fake.add_argument(
+        "--dialect", default="openai", help="which vendor's API to fake (default openai)"
+    )
+    fake.add_argument(
+        "--fault",
+        metavar="SPEC",
+        help="misbehave this way, e.g. 503, 429:retry-after=2, reset, hang, slow, malformed, "
+        "html, empty (default: a 500 when --failure-rate is given)",
+    )
+    fake.add_argument(
+        "--failure-rate",
+        metavar="P",
+        type=float,
+        help="share of requests that get the fault, 0 to 1 (default 1 when --fault is given)",
+    )
+    fake.add_argument(
+        "--seed", type=int, default=0, help="seed for --failure-rate, to replay a run (default 0)"
+    )
+    fake.add_argument(
+        "--record",
+        action="store_true",
+        help="keep every request, for GET /_fake/requests (costs memory on long runs)",
     )
     fake.set_defaults(run=run_fake_provider)
 
@@ -65,10 +91,25 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_fake_provider(args: argparse.Namespace) -> int:
-    from aiproc.server.fakes.openai_server import run_fake_provider as run
+    from aiproc.server.fakes.faults import parse_fault
+    from aiproc.server.fakes.runner import run_fake_provider as run
 
     try:
-        asyncio.run(run(args.host, args.port, args.latency))
+        fault = None if args.fault is None else parse_fault(args.fault)
+        serving = run(
+            args.host,
+            args.port,
+            args.latency,
+            dialect=args.dialect,
+            fault=fault,
+            failure_rate=args.failure_rate,
+            seed=args.seed,
+            record=args.record,
+        )
+        asyncio.run(serving)
+    except ValueError as exc:
+        # run_fake_provider checks its options before it listens.
+        raise CliError(str(exc), EXIT_USAGE) from None
     except OSError as exc:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc}", EXIT_FAILURE) from None
     return 0

@@ -16,6 +16,7 @@ from aiproc.server.cli.common import (
     add_json_flag,
     client_from,
     connection_options,
+    non_negative_int,
     positive_float,
     warn,
 )
@@ -47,6 +48,13 @@ def add_parser(commands: argparse._SubParsersAction[Any], env: Mapping[str, str]
         metavar="SECONDS",
         type=positive_float,
         help="bound on the task's processing time (default: the server's worker_timeout)",
+    )
+    parser.add_argument(
+        "--max-retries",
+        metavar="N",
+        type=non_negative_int,
+        help="retries after retryable provider errors, at most 20 "
+        "(default: the server's processor.max_retries)",
     )
     parser.add_argument("--instructions", default="", help="replaces the default system prompt")
     parser.add_argument("--model", default="", help="the model to ask for")
@@ -137,6 +145,7 @@ async def _submit(args: argparse.Namespace, content: str, metadata: dict[str, st
             model=args.model,
             idempotency_key=args.idempotency_key,
             metadata=metadata,
+            max_retries=args.max_retries,
         )
         if queued.deduplicated:
             warn(f"deduplicated: task {queued.task_id} already had that idempotency key")

@@ -59,6 +59,8 @@ class TaskSpec:
     model: str = ""
     idempotency_key: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    max_retries: int | None = None
+    """Replaces processor.max_retries for this task when set."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,17 @@ class TokenUsage:
 class TaskError:
     code: ErrorCode
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One provider call made for a task."""
+
+    provider: str
+    started_at: float
+    """Wall-clock seconds since the epoch."""
+    duration: float
+    error: TaskError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +113,7 @@ class TaskResult:
     completed_at: float = 0.0
     """Wall-clock seconds since the epoch."""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    history: tuple[AttemptRecord, ...] = ()
 
     @property
     def success(self) -> bool:

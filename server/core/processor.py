@@ -9,12 +9,16 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 
-from aiproc.server.config import ProcessorConfig
+from aiproc.server.config import Config, ProviderConfig
 from aiproc.server.core.errors import FailedPrecondition, NotFound, QueueFull, ShuttingDown
+from aiproc.server.core.events import EventBus
+from aiproc.server.core.failover import FailoverManager
+from aiproc.server.core.health_monitor import HealthMonitor
 from aiproc.server.core.hub import ResultsHub
 from aiproc.server.core.models import (
     ErrorCode,
@@ -27,6 +31,7 @@ from aiproc.server.core.models import (
     TaskSpec,
     TaskState,
 )
+from aiproc.server.core.provider_pool import build_slots
 from aiproc.server.core.queue import QueueClosed, TaskQueue
 from aiproc.server.core.runner import TaskRunner
 from aiproc.server.core.stats import Counters, LatencyWindow, ProcessorStats
@@ -34,6 +39,7 @@ from aiproc.server.core.workers import WorkerPool
 from aiproc.server.providers.base import Provider
 from aiproc.server.resilience.clock import Clock, SystemClock
 from aiproc.server.resilience.rate_limiter import RateLimiter
+from aiproc.server.resilience.selection import Selector
 from aiproc.server.store.base import TaskStore
 
 log = logging.getLogger(__name__)
@@ -46,33 +52,48 @@ class Processor:
 
     def __init__(
         self,
-        config: ProcessorConfig,
+        config: Config,
         store: TaskStore,
-        providers: Sequence[Provider],
+        providers: Sequence[tuple[Provider, ProviderConfig]],
         *,
-        provider_limits: dict[str, int] | None = None,
         clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
-        self.config = config
+        self.config = config.processor
         self.store = store
         self.clock = clock or SystemClock()
-        self.queue = TaskQueue(config.queue_size)
+        self.queue = TaskQueue(self.config.queue_size)
         self.hub = ResultsHub(store)
+        self.events = EventBus()
         self.counters = Counters()
         self.queue_latency = LatencyWindow()
         self.processing_latency = LatencyWindow()
-        self.limiter = RateLimiter(config.rate_limit_rps, config.rate_limit_burst, self.clock)
+        self.limiter = RateLimiter(
+            self.config.rate_limit_rps, self.config.rate_limit_burst, self.clock
+        )
+        slots = build_slots(providers, config, clock=self.clock, events=self.events)
+        self.failover = FailoverManager(
+            slots,
+            Selector(config.failover.strategy, rng or random.Random()),
+            health_checks=config.health.enabled,
+            clock=self.clock,
+            events=self.events,
+        )
+        self.health_monitor = (
+            HealthMonitor(slots, config.health, self.clock) if config.health.enabled else None
+        )
         self.runner = TaskRunner(
-            config=config,
-            providers=providers,
-            provider_limits=provider_limits or {},
+            config=self.config,
+            failover_config=config.failover,
+            failover=self.failover,
             limiter=self.limiter,
+            counters=self.counters,
             clock=self.clock,
             on_progress=self.hub.publish,
             on_attempt=store.record_attempt,
-            on_retry=self._count_retry,
+            rng=rng,
         )
-        self.pool = WorkerPool(self.queue, self._process, config.num_workers)
+        self.pool = WorkerPool(self.queue, self._process, self.config.num_workers)
         self._sequence = itertools.count(1)
         self._cancel_requested: set[str] = set()
         self._accepting = False
@@ -92,6 +113,8 @@ class Processor:
         self._started_at = self.clock.wall()
         self._accepting = True
         self.pool.start()
+        if self.health_monitor is not None:
+            self.health_monitor.start()
         self._expiry = asyncio.create_task(self._expire_periodically(), name="aiproc-expiry")
 
     async def submit(self, client_id: str, spec: TaskSpec) -> tuple[Task, bool]:
@@ -201,9 +224,6 @@ class Processor:
         self.hub.publish(stored.result or result)
         return True
 
-    def _count_retry(self) -> None:
-        self.counters.retried += 1
-
     def _cancelled_result(self, task: Task, queue_time: float | None) -> TaskResult:
         return self._terminal(
             task, TaskState.CANCELLED, ErrorCode.CANCELLED, "cancelled", queue_time
@@ -240,6 +260,7 @@ class Processor:
                 log.info("expired %d finished tasks past their retention", expired)
 
     def stats(self) -> ProcessorStats:
+        now = self.clock.monotonic()
         return ProcessorStats(
             queue_size=len(self.queue),
             queue_capacity=self.queue.capacity,
@@ -250,7 +271,8 @@ class Processor:
             counters=replace(self.counters),
             queue_latency=self.queue_latency.summary(),
             processing_latency=self.processing_latency.summary(),
-            providers=list(self.runner.provider_counters.values()),
+            providers=[slot.snapshot(now) for slot in self.failover.slots],
+            event_counts={kind.value: n for kind, n in self.events.counts.items()},
             subscribers=len(self.hub),
             undelivered_results=self.store.undelivered_count(),
             started_at=self._started_at,
@@ -284,6 +306,9 @@ class Processor:
                 grace,
             )
         await self.pool.stop()
+        if self.health_monitor is not None:
+            await self.health_monitor.stop()
+        self.events.close()
         if self._expiry is not None:
             self._expiry.cancel()
             with contextlib.suppress(asyncio.CancelledError):

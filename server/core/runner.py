@@ -1,8 +1,19 @@
-"""Runs one task to a result: rate limit, provider call, classify, back off, retry.
+"""Runs one task to a result: choose a provider, respect the limits, call, classify, retry.
 
-Policy lives in `resilience/` (token bucket, backoff); this module does the
-waiting and the I/O. The task's deadline bounds everything: no wait or retry
-outlives it.
+Policy lives in `resilience/` (token buckets, backoff, breakers, selection)
+and in the failover manager; this module does the waiting and the I/O. The
+task's deadline bounds everything: no wait or retry outlives it.
+
+What each provider error does (the classes are in core/errors.py):
+- RateLimited: pauses that provider for its Retry-After (or a backoff); the
+  task moves to another provider or waits; the retry budget is not spent.
+- TransientError, BadResponse (retryable): spend one retry; the next attempt
+  goes to another eligible provider after `retry_delay` (failover), or, with
+  none, to any provider after an exponential backoff.
+- ProviderTimeout: recorded, not retried: the task fails with TIMEOUT.
+- InvalidRequest, AuthenticationFailed: the task fails at once.
+- No eligible provider (breakers open, paused, unavailable): wait for one
+  within the deadline, else fail with ALL_PROVIDERS_FAILED.
 """
 
 from __future__ import annotations
@@ -10,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
-from aiproc.server.config import ProcessorConfig
+from aiproc.server.config import FailoverConfig, ProcessorConfig
 from aiproc.server.core.errors import ProviderError, ProviderTimeout, RateLimited
+from aiproc.server.core.failover import FailoverManager, Lease, NoProvider
 from aiproc.server.core.models import (
+    AttemptRecord,
     ErrorCode,
     ProgressEvent,
     ProgressKind,
@@ -23,9 +37,9 @@ from aiproc.server.core.models import (
     TaskResult,
     TaskState,
 )
-from aiproc.server.core.stats import ProviderCounters
-from aiproc.server.providers.base import Completion, CompletionRequest, Provider
-from aiproc.server.providers.prompt import build_messages
+from aiproc.server.core.stats import Counters
+from aiproc.server.providers.base import Completion, CompletionRequest
+from aiproc.server.providers.prompt import build_messages, estimate_tokens
 from aiproc.server.resilience.backoff import Backoff
 from aiproc.server.resilience.clock import Clock
 from aiproc.server.resilience.rate_limiter import RateLimiter
@@ -34,13 +48,28 @@ log = logging.getLogger(__name__)
 
 
 class _GaveUp(Exception):
-    """The attempts ended without a completion; carries why and how many were made."""
+    """The attempts ended without a completion."""
 
-    def __init__(self, code: ErrorCode, message: str, attempts: int) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-        self.attempts = attempts
+
+
+class _Repick(Exception):
+    """The leased provider was paused while this call waited: choose again."""
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What one task's attempts have done so far."""
+
+    history: list[AttemptRecord] = field(default_factory=list)
+    causes: dict[str, str] = field(default_factory=dict)
+    """Each failed provider's latest error, in the order they first failed."""
+    provider: str = ""
+    retries: int = 0
+    switches: int = 0
 
 
 class TaskRunner:
@@ -50,37 +79,28 @@ class TaskRunner:
         self,
         *,
         config: ProcessorConfig,
-        providers: Sequence[Provider],
-        provider_limits: Mapping[str, int],
+        failover_config: FailoverConfig,
+        failover: FailoverManager,
         limiter: RateLimiter,
+        counters: Counters,
         clock: Clock,
         on_progress: Callable[[ProgressEvent], None],
         on_attempt: Callable[[str], Awaitable[None]],
-        on_retry: Callable[[], None],
         rng: random.Random | None = None,
     ) -> None:
-        if not providers:
-            raise ValueError("at least one provider is required")
         self._config = config
-        self._providers = list(providers)
+        self._failover_config = failover_config
+        self._failover = failover
         self._limiter = limiter
+        self._counters = counters
         self._clock = clock
         self._on_progress = on_progress
         self._on_attempt = on_attempt
-        self._on_retry = on_retry
         self._rng = rng or random.Random()
         self._backoff = Backoff(
             config.initial_backoff, config.max_backoff, config.backoff_multiplier
         )
         self._calls = asyncio.Semaphore(config.max_concurrent_requests)
-        self._provider_slots = {
-            p.name: asyncio.Semaphore(provider_limits.get(p.name, config.max_concurrent_requests))
-            for p in self._providers
-        }
-        self.provider_counters = {
-            p.name: ProviderCounters(name=p.name, kind=p.kind, model=p.model)
-            for p in self._providers
-        }
 
     def timeout_for(self, task: Task) -> float:
         """The task's own timeout, capped by worker_timeout."""
@@ -91,149 +111,248 @@ class TaskRunner:
     async def run(self, task: Task, queue_time: float) -> TaskResult:
         started = self._clock.monotonic()
         timeout = self.timeout_for(task)
-        provider = self._providers[0]
+        progress = _Progress()
         try:
-            # The deadline is also enforced inside, so that a doomed retry is
-            # not even started; this outer bound catches every other wait.
+            # The deadline is also checked before every wait, so a doomed
+            # retry is not even started; this outer bound catches the rest.
             async with asyncio.timeout(timeout):
-                completion, attempts = await self._attempts(task, provider, started + timeout)
+                completion = await self._attempts(task, started + timeout, progress)
         except TimeoutError:
-            return self._failed(
-                task,
-                provider,
-                task.attempts,
-                queue_time,
-                started,
-                ErrorCode.TIMEOUT,
-                f"task timed out after {timeout:g}s",
-            )
+            error = TaskError(ErrorCode.TIMEOUT, f"task timed out after {timeout:g}s")
+            return self._failed(task, progress, queue_time, started, error)
         except _GaveUp as exc:
             return self._failed(
-                task, provider, exc.attempts, queue_time, started, exc.code, exc.message
+                task, progress, queue_time, started, TaskError(exc.code, exc.message)
             )
         except Exception:
             log.exception("internal error while processing task %s", task.task_id)
-            return self._failed(
-                task,
-                provider,
-                task.attempts,
-                queue_time,
-                started,
-                ErrorCode.INTERNAL,
-                "internal error; see the server log",
-            )
+            error = TaskError(ErrorCode.INTERNAL, "internal error; see the server log")
+            return self._failed(task, progress, queue_time, started, error)
         return TaskResult(
             task_id=task.task_id,
             client_id=task.client_id,
             url=task.spec.url,
             state=TaskState.SUCCEEDED,
             enhanced_content=completion.content,
-            provider=provider.name,
-            model=completion.model or provider.model,
-            attempts=attempts,
+            provider=progress.provider,
+            model=completion.model,
+            attempts=len(progress.history),
             usage=completion.usage,
             queue_time=queue_time,
             processing_time=self._clock.monotonic() - started,
             completed_at=self._clock.wall(),
             metadata=task.spec.metadata,
+            history=tuple(progress.history),
         )
 
-    async def _attempts(
-        self, task: Task, provider: Provider, deadline: float
-    ) -> tuple[Completion, int]:
-        retries = 0
-        attempt = 0
+    async def _attempts(self, task: Task, deadline: float, progress: _Progress) -> Completion:
+        max_retries = task.spec.max_retries
+        if max_retries is None:
+            max_retries = self._config.max_retries
+        failed_last: str = ""
         while True:
-            attempt += 1
+            choice = self._failover.choose(avoid=progress.causes.keys())
+            if isinstance(choice, NoProvider):
+                await self._wait_for_provider(choice, deadline, progress)
+                continue
+            target = choice.slot.name
+            if failed_last and failed_last != target:
+                self._note_failover(task, failed_last, target, progress)
+            progress.provider = target
             try:
-                return await self._call(task, provider, deadline), attempt
+                return await self._attempt(task, choice, deadline, progress)
+            except _Repick:
+                continue
+            except RateLimited as exc:
+                # Not a failure of the task: the provider is paused (see
+                # FailoverManager.rate_limited) and the next choice avoids it.
+                failed_last = ""
+                self._check_time(deadline, 0.0, exc)
+                continue
             except ProviderError as exc:
-                delay = self._retry_delay(exc, retries)
-                if delay is None or self._clock.monotonic() + delay >= deadline:
-                    # No retry left, or waiting would outlive the task.
-                    code = exc.error_code
-                    if isinstance(exc, ProviderTimeout) and self._clock.monotonic() >= deadline:
-                        code = ErrorCode.TIMEOUT
-                    raise _GaveUp(code, str(exc), attempt) from exc
-                if not isinstance(exc, RateLimited):
-                    retries += 1
-                self._on_retry()
+                progress.causes[target] = str(exc)
+                if isinstance(exc, ProviderTimeout) or not exc.retryable:
+                    raise _GaveUp(exc.error_code, str(exc)) from exc
+                if progress.retries >= max_retries:
+                    raise self._exhausted(exc, progress) from exc
+                progress.retries += 1
+                delay = self._delay_after(target, progress)
+                self._check_time(deadline, delay, exc)
+                self._counters.retried += 1
                 self._on_progress(
                     ProgressEvent(
                         task_id=task.task_id,
                         client_id=task.client_id,
                         kind=ProgressKind.RETRYING,
                         at=self._clock.wall(),
-                        attempt=attempt,
-                        provider=provider.name,
+                        attempt=len(progress.history),
+                        provider=target,
                         message=str(exc),
                         backoff=delay,
                     )
                 )
+                failed_last = target
                 await self._clock.sleep(delay)
 
-    def _retry_delay(self, error: ProviderError, retries: int) -> float | None:
-        """Seconds to wait before trying again, or None when the error is final."""
-        if not error.retryable:
-            return None
-        # A rate-limit answer is the provider asking for patience, not a
-        # failure: it does not spend the retry budget.
-        if isinstance(error, RateLimited):
-            if error.retry_after is not None:
-                return error.retry_after
-            return self._backoff.delay(retries + 1, self._rng)
-        if retries >= self._config.max_retries:
-            return None
-        return self._backoff.delay(retries + 1, self._rng)
+    def _delay_after(self, failed: str, progress: _Progress) -> float:
+        """retry_delay when the next attempt can go elsewhere (a failover), else backoff."""
+        if progress.switches < self._failover_config.max_retries and self._failover.has_alternative(
+            exclude=failed
+        ):
+            progress.switches += 1
+            return self._failover_config.retry_delay
+        return self._backoff.delay(progress.retries, self._rng)
 
-    async def _call(self, task: Task, provider: Provider, deadline: float) -> Completion:
-        await self._limiter.acquire()
-        async with self._calls, self._provider_slots[provider.name]:
-            remaining = max(deadline - self._clock.monotonic(), 0.001)
-            request = CompletionRequest(
-                messages=build_messages(
-                    task.spec,
-                    context_window=provider.context_window,
-                    max_tokens=self._config.max_tokens,
-                ),
-                model=task.spec.model or provider.model,
-                max_tokens=self._config.max_tokens,
-                temperature=self._config.temperature,
-                timeout=remaining,
+    def _check_time(self, deadline: float, delay: float, error: ProviderError) -> None:
+        """Fails the task now with `error` when waiting `delay` would outlive it."""
+        if self._clock.monotonic() + delay >= deadline:
+            raise _GaveUp(error.error_code, f"{error} (no time left to retry)")
+
+    async def _wait_for_provider(
+        self, choice: NoProvider, deadline: float, progress: _Progress
+    ) -> None:
+        """Waits for a pause to end or a breaker to half-open, within the deadline."""
+        delay = choice.wait
+        if delay is None:
+            delay = self._backoff.delay(progress.retries + 1, self._rng)
+        if self._clock.monotonic() + delay >= deadline:
+            raise _GaveUp(
+                ErrorCode.ALL_PROVIDERS_FAILED,
+                f"no provider available before the task's deadline: {choice.reasons}",
             )
-            await self._on_attempt(task.task_id)
-            counters = self.provider_counters[provider.name]
-            counters.in_flight += 1
-            began = self._clock.monotonic()
-            ok = False
-            try:
-                completion = await provider.complete(request)
-                ok = True
-                return completion
-            finally:
-                counters.in_flight -= 1
-                counters.record(self._clock.monotonic() - began, ok)
+        self._counters.rate_limit_waits += 1
+        await self._clock.sleep(delay)
+
+    def _exhausted(self, error: ProviderError, progress: _Progress) -> _GaveUp:
+        if len(progress.causes) > 1:
+            listed = "; ".join(f"{name}: {cause}" for name, cause in progress.causes.items())
+            return _GaveUp(ErrorCode.ALL_PROVIDERS_FAILED, f"all providers failed: {listed}")
+        return _GaveUp(error.error_code, str(error))
+
+    def _note_failover(self, task: Task, source: str, target: str, progress: _Progress) -> None:
+        self._counters.failovers += 1
+        reason = progress.causes.get(source, "")
+        self._failover.failed_over(task.task_id, source, target, reason)
+        self._on_progress(
+            ProgressEvent(
+                task_id=task.task_id,
+                client_id=task.client_id,
+                kind=ProgressKind.FAILED_OVER,
+                at=self._clock.wall(),
+                attempt=len(progress.history) + 1,
+                provider=target,
+                message=f"from {source}: {reason}",
+            )
+        )
+
+    async def _attempt(
+        self, task: Task, lease: Lease, deadline: float, progress: _Progress
+    ) -> Completion:
+        """One call on a lease; every way out settles the lease exactly once."""
+        slot = lease.slot
+        provider = slot.provider
+        messages = build_messages(
+            task.spec, context_window=provider.context_window, max_tokens=self._config.max_tokens
+        )
+        estimate = sum(estimate_tokens(m.content) for m in messages) + self._config.max_tokens
+        settled = False
+        try:
+            await self._admit(lease, estimate, deadline)
+            async with self._calls, slot.slots:
+                if slot.quota.paused_for(self._clock.monotonic()) > 0:
+                    raise _Repick  # a 429 arrived while this call queued
+                request = CompletionRequest(
+                    messages=messages,
+                    model=task.spec.model or provider.model,
+                    max_tokens=self._config.max_tokens,
+                    temperature=self._config.temperature,
+                    timeout=max(deadline - self._clock.monotonic(), 0.001),
+                )
+                await self._on_attempt(task.task_id)
+                began_wall, began = self._clock.wall(), self._clock.monotonic()
+                slot.in_flight += 1
+                try:
+                    completion = await provider.complete(request)
+                except ProviderError as exc:
+                    settled = True
+                    self._settle_failure(lease, exc, progress, began_wall, began)
+                    raise
+                finally:
+                    slot.in_flight -= 1
+            latency = self._clock.monotonic() - began
+            settled = True
+            self._failover.succeeded(lease, latency)
+            actual = completion.usage.input_tokens + completion.usage.output_tokens
+            if actual:
+                slot.quota.correct(self._clock.monotonic(), estimate, actual)
+            progress.history.append(AttemptRecord(provider.name, began_wall, latency))
+            return completion
+        finally:
+            if not settled:
+                self._failover.released(lease)
+
+    async def _admit(self, lease: Lease, estimate: int, deadline: float) -> None:
+        """Waits for the global rate limit, then the provider's own quota."""
+        if await self._limiter.acquire() > 0:
+            self._counters.rate_limit_waits += 1
+        quota = lease.slot.quota
+        wait = quota.reserve(self._clock.monotonic(), estimate)
+        if wait <= 0:
+            return
+        if self._clock.monotonic() + wait >= deadline:
+            quota.cancel(self._clock.monotonic(), estimate)
+            raise _GaveUp(
+                ErrorCode.RATE_LIMITED,
+                f"{lease.slot.name}: its quota allows no call before the task's deadline",
+            )
+        self._counters.rate_limit_waits += 1
+        try:
+            await self._clock.sleep(wait)
+        except BaseException:
+            quota.cancel(self._clock.monotonic(), estimate)
+            raise
+
+    def _settle_failure(
+        self,
+        lease: Lease,
+        error: ProviderError,
+        progress: _Progress,
+        began_wall: float,
+        began: float,
+    ) -> None:
+        duration = self._clock.monotonic() - began
+        progress.history.append(
+            AttemptRecord(
+                lease.slot.name, began_wall, duration, TaskError(error.error_code, str(error))
+            )
+        )
+        if isinstance(error, RateLimited):
+            pause = error.retry_after
+            if pause is None:
+                pause = self._backoff.delay(1, self._rng)
+            self._failover.rate_limited(lease, pause, str(error))
+        else:
+            self._failover.failed(lease, error)
 
     def _failed(
         self,
         task: Task,
-        provider: Provider,
-        attempts: int,
+        progress: _Progress,
         queue_time: float,
         started: float,
-        code: ErrorCode,
-        message: str,
+        error: TaskError,
     ) -> TaskResult:
         return TaskResult(
             task_id=task.task_id,
             client_id=task.client_id,
             url=task.spec.url,
             state=TaskState.FAILED,
-            error=TaskError(code, message),
-            provider=provider.name,
-            attempts=attempts,
+            error=error,
+            provider=progress.provider,
+            attempts=len(progress.history),
             queue_time=queue_time,
             processing_time=self._clock.monotonic() - started,
             completed_at=self._clock.wall(),
             metadata=task.spec.metadata,
+            history=tuple(progress.history),
         )

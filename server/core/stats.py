@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiproc.server.core.models import Priority
+from aiproc.server.core.provider_pool import ProviderSnapshot
 
 
 @dataclass(slots=True)
@@ -20,6 +21,8 @@ class Counters:
     rejected: int = 0
     cancelled: int = 0
     timed_out: int = 0
+    failovers: int = 0
+    rate_limit_waits: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,39 +56,6 @@ class LatencyWindow:
         return LatencySummary(len(ordered), rank(0.5), rank(0.9), rank(0.99), ordered[-1])
 
 
-@dataclass(slots=True)
-class ProviderCounters:
-    """What one provider has done, for Stats."""
-
-    name: str
-    kind: str
-    model: str
-    enabled: bool = True
-    in_flight: int = 0
-    requests: int = 0
-    failures: int = 0
-    average_latency: float = 0.0
-    """Exponentially weighted moving average of successful call latency, seconds."""
-    _seen_success: bool = field(default=False, repr=False)
-
-    EWMA_ALPHA = 0.2
-
-    def record(self, latency: float, ok: bool) -> None:
-        self.requests += 1
-        if not ok:
-            self.failures += 1
-            return
-        if self._seen_success:
-            self.average_latency += self.EWMA_ALPHA * (latency - self.average_latency)
-        else:
-            self.average_latency = latency
-            self._seen_success = True
-
-    @property
-    def state(self) -> str:
-        return "enabled" if self.enabled else "disabled"
-
-
 @dataclass(frozen=True, slots=True)
 class ProcessorStats:
     """A snapshot for the Stats RPC."""
@@ -99,7 +69,9 @@ class ProcessorStats:
     counters: Counters
     queue_latency: LatencySummary
     processing_latency: LatencySummary
-    providers: list[ProviderCounters]
+    providers: list[ProviderSnapshot]
+    event_counts: dict[str, int]
+    """Provider events since start, by EventKind value."""
     subscribers: int
     undelivered_results: int
     started_at: float

@@ -68,7 +68,9 @@ class Provider(Protocol):
         """Runs one completion; raises a ProviderError subclass on failure."""
         ...
 
-    async def check_health(self, timeout: float) -> None:
+    # A timeout argument, not asyncio.timeout around the call: a health check
+    # must never be unbounded, so the bound is part of the call.
+    async def check_health(self, timeout: float) -> None:  # noqa: ASYNC109
         """Asks a cheap endpoint (e.g. the model list) whether the API answers; never a paid
         completion. Returns normally when healthy; raises a ProviderError subclass otherwise."""
         ...

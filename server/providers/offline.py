@@ -113,6 +113,9 @@ class OfflineProvider:
             finish_reason="stop",
         )
 
+    async def check_health(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Always healthy: there is nothing to reach."""
+
     async def aclose(self) -> None:
         """Holds no resources."""
 

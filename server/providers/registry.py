@@ -7,16 +7,32 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import httpx
 
-from aiproc.server.config import PROVIDER_KINDS, ConfigError, ProcessorConfig, ProviderConfig
+from aiproc.server.config import (
+    DEFAULT_BASE_URLS,
+    PROVIDER_KINDS,
+    ConfigError,
+    ProcessorConfig,
+    ProviderConfig,
+)
+from aiproc.server.providers.anthropic import DEFAULT_API_VERSION as ANTHROPIC_API_VERSION
+from aiproc.server.providers.anthropic import AnthropicProvider
+from aiproc.server.providers.azure_openai import DEFAULT_API_VERSION as AZURE_API_VERSION
+from aiproc.server.providers.azure_openai import AzureOpenAIProvider
 from aiproc.server.providers.base import Provider
+from aiproc.server.providers.gemini import GeminiProvider
 from aiproc.server.providers.http import create_http_client
 from aiproc.server.providers.offline import OFFLINE_CONTEXT_WINDOW, OfflineProvider
+from aiproc.server.providers.ollama import DEFAULT_CONTEXT_WINDOW as OLLAMA_CONTEXT_WINDOW
+from aiproc.server.providers.ollama import OllamaProvider
 from aiproc.server.providers.openai import OpenAIProvider
 from aiproc.server.providers.prompt import context_window_for
 
 logger = logging.getLogger(__name__)
 
 _OFFLINE_FALLBACK = ProviderConfig(name="offline", kind="offline")
+# These vendors refuse every call without a key; openai-compatible servers and
+# Ollama often run without one.
+_KEY_REQUIRED = frozenset({"anthropic", "azure_openai", "gemini"})
 
 
 class ProviderSet:
@@ -68,7 +84,9 @@ def build_providers(
 ) -> ProviderSet:
     """The enabled providers of `configs`, lower `priority` first and ties in config order.
 
-    API keys are read from `env`. Without any enabled provider the set holds
+    API keys are read from `env`, from the variable each `api_key_env` names;
+    anthropic, azure_openai and gemini must name one. A missing base_url is
+    the vendor's public address. Without any enabled provider the set holds
     one OfflineProvider. An `http_client` passed in stays the caller's to
     close; otherwise one is made, sized to `processor.max_concurrent_requests`,
     and the set closes it.
@@ -88,34 +106,92 @@ def build_providers(
     for index, config in enabled:
         if config.kind not in PROVIDER_KINDS:
             raise ConfigError(f"providers[{index}].kind", f"unknown kind {config.kind!r}")
+        if config.kind in _KEY_REQUIRED and not config.api_key_env:
+            raise ConfigError(f"providers[{index}].api_key_env", f"required for kind {config.kind}")
     keys = {
-        index: _api_key(index, config, env) for index, config in enabled if config.kind == "openai"
+        index: _api_key(index, config, env) for index, config in enabled if config.kind != "offline"
     }
     # The aiohttp session behind a new client opens on first use, so a set of
     # offline providers costs nothing for having one.
     owned = None
     if http_client is None:
         owned = http_client = create_http_client(max_connections=processor.max_concurrent_requests)
-    entries: list[tuple[Provider, ProviderConfig]] = []
-    for index, config in enabled:
-        provider: Provider
-        if config.kind == "offline":
-            provider = OfflineProvider(
-                config.name, context_window=config.context_window or OFFLINE_CONTEXT_WINDOW
-            )
-        else:
-            model = config.model or processor.llm_model
-            provider = OpenAIProvider(
-                name=config.name,
-                base_url=config.base_url,
-                api_key=keys[index],
-                model=model,
-                context_window=config.context_window or context_window_for(model),
-                http_client=http_client,
-                request_timeout=config.request_timeout or None,
-            )
-        entries.append((provider, config))
+    entries = [
+        (_build(config, keys.get(index), processor, http_client), config)
+        for index, config in enabled
+    ]
     return ProviderSet(entries, owned_client=owned)
+
+
+def _build(
+    config: ProviderConfig,
+    key: str | None,
+    processor: ProcessorConfig,
+    http_client: httpx.AsyncClient,
+) -> Provider:
+    """The provider `config` describes; `key` is from its api_key_env, None without one."""
+    if config.kind == "offline":
+        return OfflineProvider(
+            config.name, context_window=config.context_window or OFFLINE_CONTEXT_WINDOW
+        )
+    model = config.model or processor.llm_model
+    base_url = config.base_url or DEFAULT_BASE_URLS.get(config.kind, "")
+    window = config.context_window or context_window_for(model)
+    timeout = config.request_timeout or None
+    if config.kind == "ollama":
+        return OllamaProvider(
+            name=config.name,
+            base_url=base_url,
+            model=model,
+            context_window=config.context_window or OLLAMA_CONTEXT_WINDOW,
+            http_client=http_client,
+            api_key=key,
+            request_timeout=timeout,
+        )
+    if config.kind == "openai":
+        return OpenAIProvider(
+            name=config.name,
+            base_url=base_url,
+            api_key=key,
+            model=model,
+            context_window=window,
+            http_client=http_client,
+            request_timeout=timeout,
+        )
+    # The kinds left need a key, which the checks before building made sure of.
+    assert key is not None
+    if config.kind == "anthropic":
+        return AnthropicProvider(
+            name=config.name,
+            base_url=base_url,
+            api_key=key,
+            model=model,
+            context_window=window,
+            http_client=http_client,
+            api_version=config.api_version or ANTHROPIC_API_VERSION,
+            request_timeout=timeout,
+        )
+    if config.kind == "azure_openai":
+        return AzureOpenAIProvider(
+            name=config.name,
+            base_url=base_url,
+            api_key=key,
+            deployment=config.deployment or model,
+            model=model,
+            context_window=window,
+            http_client=http_client,
+            api_version=config.api_version or AZURE_API_VERSION,
+            request_timeout=timeout,
+        )
+    return GeminiProvider(
+        name=config.name,
+        base_url=base_url,
+        api_key=key,
+        model=model,
+        context_window=window,
+        http_client=http_client,
+        request_timeout=timeout,
+    )
 
 
 def _api_key(index: int, config: ProviderConfig, env: Mapping[str, str]) -> str | None:

@@ -44,8 +44,16 @@ class TokenBucket:
 
     def refund(self, now: float) -> None:
         """Gives back a reserved token that will not be used (the waiter was cancelled)."""
+        self.adjust(now, 1.0)
+
+    def adjust(self, now: float, delta: float) -> None:
+        """Adds `delta` tokens (negative spends), capped at `burst`; 0 only brings it up to `now`.
+
+        `now` may lie ahead of the caller's clock: a reservation made for a
+        later start. Calls with an earlier `now` then act on that later balance.
+        """
         self._refill(now)
-        self.tokens = min(self.burst, self.tokens + 1.0)
+        self.tokens = min(self.burst, self.tokens + delta)
 
     def __repr__(self) -> str:
         return f"<TokenBucket rate={self.rate}/s burst={self.burst} tokens={self.tokens:.2f}>"

@@ -19,7 +19,10 @@ KEY = "sk-test-not-a-real-key-0123456789"
 
 
 def openai_config(fake: FakeOpenAIServer, **processor: object) -> Config:
-    config = make_config(processor={"rate_limit_rps": 1000.0, **processor})
+    # No health checks: they would take scripted replies meant for completions.
+    config = make_config(
+        processor={"rate_limit_rps": 1000.0, **processor}, health={"enabled": False}
+    )
     provider = ProviderConfig(
         name="primary",
         kind="openai",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -11,6 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aiproc.server.app import AiprocServer
+from aiproc.server.config import ProviderConfig
 from aiproc.v1 import processor_service_pb2 as pb
 from aiproc.v1 import processor_service_pb2_grpc as pb_grpc
 from aiproc.v1 import task_pb2
@@ -28,10 +30,12 @@ def queue_request(url: str = "https://example.com/a", **fields: object) -> pb.Qu
 class Stream:
     """One StreamResults call, driven from the test."""
 
-    def __init__(self, stub: pb_grpc.ProcessorServiceAsyncStub, client_id: str = "") -> None:
+    def __init__(
+        self, stub: pb_grpc.ProcessorServiceAsyncStub, client_id: str = "", deadline: float = 20
+    ) -> None:
         self._outbox: asyncio.Queue[pb.StreamResultsRequest | None] = asyncio.Queue()
         metadata = (("aiproc-client-id", client_id),) if client_id else None
-        self.call = stub.StreamResults(self._requests(), metadata=metadata, timeout=20)
+        self.call = stub.StreamResults(self._requests(), metadata=metadata, timeout=deadline)
 
     async def _requests(self) -> AsyncIterator[pb.StreamResultsRequest]:
         while (message := await self._outbox.get()) is not None:
@@ -47,9 +51,9 @@ class Stream:
     def close(self) -> None:
         self._outbox.put_nowait(None)
 
-    async def results(self, n: int) -> list[task_pb2.TaskResult]:
+    async def results(self, n: int, within: float = 10.0) -> list[task_pb2.TaskResult]:
         found: list[task_pb2.TaskResult] = []
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(within):
             while len(found) < n:
                 response = await self.call.read()
                 assert response is not grpc.aio.EOF, "stream ended early"
@@ -504,3 +508,28 @@ async def test_stream_results_false_turns_streaming_off_but_get_task_still_works
                 break
             await asyncio.sleep(0.01)
     assert got.task.result.success
+
+
+async def test_a_providers_max_concurrent_requests_is_enforced_and_overflow_goes_elsewhere(
+    start_server: ServerFactory, channel_to: Connect
+) -> None:
+    narrow, wide = GatedProvider("narrow"), GatedProvider("wide")
+    config = make_config(processor={"num_workers": 6, "rate_limit_rps": 1000.0})
+    config = replace(
+        config,
+        providers=(
+            ProviderConfig(name="narrow", kind="test", priority=1, max_concurrent_requests=2),
+            ProviderConfig(name="wide", kind="test", priority=2, max_concurrent_requests=10),
+        ),
+    )
+    server = await start_server(config, providers=[narrow, wide])
+    stub = channel_to(server)
+    for _ in range(6):
+        await stub.QueueTask(queue_request(), timeout=5)
+    await narrow.wait_calls(2)
+    await wide.wait_calls(4)
+    stats = await stub.Stats(pb.StatsRequest(), timeout=5)
+    in_flight = {p.name: p.in_flight for p in stats.providers}
+    assert in_flight == {"narrow": 2, "wide": 4}
+    narrow.gate.set()
+    wide.gate.set()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
+from aiproc.client import Client
 from aiproc.v1 import processor_service_pb2 as pb
 from aiproc.v1 import task_pb2
 
@@ -30,6 +33,32 @@ num_workers = 8
 rate_limit_rps = 100000
 rate_limit_burst = 1000
 """
+FAILOVER_CONFIG = """
+[processor]
+rate_limit_rps = 100000
+rate_limit_burst = 1000
+
+[failover]
+retry_delay = 0.01
+
+[health]
+enabled = false
+
+[circuit_breaker]
+failure_threshold = 1000
+
+[[providers]]
+name = "primary"
+kind = "openai"
+base_url = "http://127.0.0.1:{port}/v1"
+
+[[providers]]
+name = "offline"
+kind = "offline"
+priority = 2
+"""
+"""Every first attempt goes to a closed port, fails to connect and fails over to offline
+(never skipped by an open breaker, however many tasks the test queues)."""
 SERVING = re.compile(r"^aiproc: serving on (\S+:\d+)$")
 
 StartServer = Callable[[str], str]
@@ -292,3 +321,122 @@ def test_a_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.stderr == (
         "aiproc: error: invalid config: processor.num_workers: must be at least 1\n"
     )
+
+
+@pytest.fixture(scope="module")
+def failover_server(start_cli_server: StartServer) -> str:
+    return start_cli_server(FAILOVER_CONFIG.format(port=free_port()))
+
+
+def first_line_while_queueing(
+    proc: subprocess.Popen[str], client: Client, queued: list[str], within: float = 30.0
+) -> str:
+    """The first line `proc` prints, queueing a task each time a short wait brings none.
+
+    Events are live only and nothing tells when `aiproc events` is watching, so a
+    task queued before then fails over unseen; the next one is seen.
+    """
+    assert proc.stdout is not None
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        queued.append(client.queue("https://example.com/failover", TEXT).task_id)
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        if ready:
+            return proc.stdout.readline()
+    pytest.fail(f"aiproc events printed nothing within {within}s")
+
+
+@contextlib.contextmanager
+def interruptible(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """`aiproc ARGS` running with pipes, killed at the end if the test has not stopped it.
+
+    SIGINT is made to reach it even when this test run ignores SIGINT (as background
+    jobs do): a child inherits an ignored signal, but never a handler.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [str(AIPROC), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_events_json_prints_failovers_and_get_and_stats_show_them(failover_server: str) -> None:
+    queued: list[str] = []
+    with interruptible("events", "--json", "--server", failover_server) as watcher:
+        with Client(failover_server) as client:
+            line = first_line_while_queueing(watcher, client, queued)
+            for task_id in queued:
+                client.wait(task_id, timeout=30)
+        watcher.send_signal(signal.SIGINT)
+        _, err = watcher.communicate(timeout=20)
+    assert watcher.returncode == 130
+    assert err == "aiproc: interrupted\n"
+
+    event = json_format.Parse(line, pb.WatchEventsResponse()).event
+    assert event.kind == pb.PROVIDER_EVENT_KIND_FAILOVER
+    assert (event.provider, event.to_provider) == ("primary", "offline")
+    assert event.task_id in queued
+    assert event.reason
+
+    got = aiproc("get", event.task_id, "--server", failover_server)
+    assert got.returncode == 0, got.stderr
+    history = got.stdout.splitlines()[-2:]
+    assert history[0].startswith("history    1. primary (")
+    assert "transient: " in history[0]
+    assert re.fullmatch(r" {11}2\. offline \(\d+(ms|\.\d\ds)\): ok", history[1])
+
+    stats = aiproc("stats", "--server", failover_server)
+    assert stats.returncode == 0, stats.stderr
+    lines = stats.stdout.splitlines()
+    assert f"resilience {len(queued)} failovers, 0 rate-limit waits" in lines
+    assert f"failover {len(queued)}" in next(line for line in lines if line.startswith("events "))
+    assert re.search(r"primary \(openai, [^,]+, priority 1\): \w+, breaker closed", stats.stdout)
+
+
+def test_submit_max_retries_reaches_the_server(server: str) -> None:
+    done = aiproc(
+        "submit",
+        "https://example.com/r",
+        "-",
+        "--max-retries",
+        "2",
+        "--json",
+        "--server",
+        server,
+        stdin=TEXT,
+    )
+    assert done.returncode == 0, done.stderr
+    task_id = json.loads(done.stdout)["taskId"]
+    got = aiproc("get", task_id, "--json", "--server", server)
+    assert json_format.Parse(got.stdout, pb.GetTaskResponse()).task.spec.max_retries == 2
+    refused = aiproc(
+        "submit",
+        "https://example.com/r",
+        "-",
+        "--max-retries",
+        "21",
+        "--server",
+        server,
+        stdin=TEXT,
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("aiproc: error: INVALID_ARGUMENT: task.max_retries")
+
+
+def test_events_against_an_unreachable_server_is_one_line_and_exit_1() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    done = aiproc("events", "--server", address)
+    assert done.returncode == 1
+    assert done.stderr == f"aiproc: error: cannot reach server at {address} (UNAVAILABLE)\n"

@@ -8,9 +8,14 @@ from datetime import UTC, datetime
 import pytest
 
 from aiproc.client import (
+    Attempt,
+    BreakerState,
     Counters,
+    EventCount,
+    HealthLevel,
     LatencySummary,
     Priority,
+    ProviderEventKind,
     ProviderStats,
     QueueDepth,
     Stats,
@@ -141,21 +146,57 @@ def test_stats_render_compactly() -> None:
         queue_depths=(QueueDepth(Priority.HIGH, 1), QueueDepth(Priority.NORMAL, 2)),
         active_workers=2,
         total_workers=4,
-        counters=Counters(queued=10, completed=7, failed=1, timed_out=1),
+        counters=Counters(
+            queued=10, completed=7, failed=1, timed_out=1, failovers=3, rate_limit_waits=2
+        ),
         queue_latency=LatencySummary(samples=10, p50=0.001, p90=0.002, p99=0.005, max=0.009),
         providers=(
-            ProviderStats(name="main", kind="openai", model="gpt", state="healthy", requests=7),
+            ProviderStats(
+                name="main",
+                kind="openai",
+                model="gpt",
+                state="paused",
+                requests=7,
+                failures=4,
+                in_flight=1,
+                max_concurrent_requests=8,
+                breaker_state=BreakerState.HALF_OPEN,
+                health=HealthLevel.CRITICAL,
+                paused_for=2.5,
+                error_rate=0.5,
+                priority=1,
+                rate_limited=3,
+            ),
+            ProviderStats(name="spare", kind="offline", priority=2, enabled=False),
         ),
         subscribers=1,
         started_at=AT,
+        event_counts=(
+            EventCount(ProviderEventKind.FAILOVER, 3),
+            EventCount(ProviderEventKind.PAUSED, 1),
+        ),
     )
-    text = render_stats(stats)
-    assert "queue      3 of 1000 waiting (high 1, normal 2)" in text
-    assert "workers    2 of 4 busy" in text
-    assert "10 queued, 7 completed, 1 failed (1 timed out)" in text
-    assert "queue p50 1ms, p90 2ms, p99 5ms, max 9ms (10 tasks)" in text
-    assert "providers  main (openai, gpt): healthy, 0 in flight, 7 requests" in text
-    assert "running since 2025-01-02T03:04:05.000+00:00" in text
+    lines = render_stats(stats).splitlines()
+    assert "queue      3 of 1000 waiting (high 1, normal 2)" in lines
+    assert "workers    2 of 4 busy" in lines
+    assert "10 queued, 7 completed, 1 failed (1 timed out)" in lines[3]
+    assert "resilience 3 failovers, 2 rate-limit waits" in lines
+    assert "events     failover 3, paused 1" in lines
+    assert "queue p50 1ms, p90 2ms, p99 5ms, max 9ms (10 tasks)" in lines[6]
+    assert "running since 2025-01-02T03:04:05.000+00:00" in lines[0]
+    assert lines[-4:] == [
+        "providers  main (openai, gpt, priority 1): paused, breaker half_open, health critical,"
+        " paused 2.50s more",
+        "             1/8 in flight, 7 requests, 4 failures (50% recent errors), 3 rate-limited,"
+        " avg 0ms",
+        "           spare (offline, -, priority 2, disabled): -, breaker off, health unknown",
+        "             0 in flight, 0 requests, 0 failures (0% recent errors), 0 rate-limited,"
+        " avg 0ms",
+    ]
+
+
+def test_stats_without_events_say_so() -> None:
+    assert "events     none" in render_stats(Stats()).splitlines()
 
 
 def test_a_task_renders_with_its_result() -> None:
@@ -171,6 +212,12 @@ def test_a_task_renders_with_its_result() -> None:
             provider="main",
             usage=TokenUsage(5, 0),
             processing_time=2.5,
+            history=(
+                Attempt(
+                    provider="main", duration=0.03, error=TaskError(ErrorCode.TRANSIENT, "HTTP 503")
+                ),
+                Attempt(provider="backup", duration=1.25),
+            ),
         ),
     )
     text = render_task(info)
@@ -183,4 +230,16 @@ def test_a_task_renders_with_its_result() -> None:
     assert "metadata   k=v" in text
     assert "error      timeout: took too long" in text
     assert "timings    queued 0ms, processed 2.50s" in text
+    assert text.splitlines()[-2:] == [
+        "history    1. main (30ms): transient: HTTP 503",
+        "           2. backup (1.25s): ok",
+    ]
+    assert "retries" not in text  # the server's default applied
+
+
+def test_a_task_with_its_own_retry_budget_shows_it() -> None:
+    spec = TaskSpec(url="https://example.com/a", content="x", max_retries=0)
+    text = render_task(TaskInfo(task_id="t1", state=TaskState.QUEUED, spec=spec))
+    assert "retries    at most 0" in text.splitlines()
+    assert "history" not in text  # no result yet
     assert seconds(0.25) == "250ms"

@@ -52,6 +52,8 @@ def test_submit_arguments() -> None:
             "c=",
             "--idempotency-key",
             "k",
+            "--max-retries",
+            "0",
             "--wait",
         ]
     )
@@ -61,8 +63,10 @@ def test_submit_arguments() -> None:
     assert args.task_timeout == 30.0
     assert parse_metadata(args.metadata) == {"a": "1", "b": "x=y", "c": ""}
     assert args.idempotency_key == "k"
+    assert args.max_retries == 0
     assert args.wait
     assert not args.json
+    assert build_parser({}).parse_args(["submit", "https://e.com"]).max_retries is None
 
 
 def test_submit_batch_arguments() -> None:
@@ -87,6 +91,8 @@ def test_serve_overrides_only_the_flags_given() -> None:
         ([], "the following arguments are required: COMMAND"),
         (["submit"], "the following arguments are required: URL"),
         (["submit", "https://e.com", "--priority", "urgent"], "invalid choice: 'urgent'"),
+        (["submit", "https://e.com", "--max-retries", "-1"], "must not be negative"),
+        (["submit", "https://e.com", "--max-retries", "two"], "expected a whole number"),
         (["stats", "--timeout", "0"], "must be positive"),
         (["submit-batch", "in.jsonl", "--concurrency", "0"], "must be at least 1"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),

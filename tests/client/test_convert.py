@@ -8,12 +8,18 @@ from google.protobuf import json_format
 
 from aiproc.client import _convert as convert
 from aiproc.client.models import (
+    Attempt,
+    BreakerState,
     Counters,
     ErrorCode,
+    EventCount,
+    HealthLevel,
     LatencySummary,
     Priority,
     ProgressEvent,
     ProgressKind,
+    ProviderEvent,
+    ProviderEventKind,
     ProviderStats,
     QueueDepth,
     QueuedTask,
@@ -46,6 +52,15 @@ RESULT = TaskResult(
     state=TaskState.FAILED,
     completed_at=AT,
     metadata={"source": "crawler", "batch": "7"},
+    history=(
+        Attempt(
+            provider="primary",
+            started_at=AT,
+            duration=0.5,
+            error=TaskError(ErrorCode.TRANSIENT, "HTTP 503"),
+        ),
+        Attempt(provider="backup", started_at=AT, duration=12.0),
+    ),
 )
 
 
@@ -71,12 +86,32 @@ def test_result_from_a_full_proto_and_back_is_identical() -> None:
             "state": "TASK_STATE_SUCCEEDED",
             "completedAt": "2025-03-04T05:06:07.123456Z",
             "metadata": {"k": "v"},
+            "history": [
+                {
+                    "provider": "primary",
+                    "startedAt": "2025-03-04T05:06:05Z",
+                    "duration": "0.250s",
+                    "error": {"code": "ERROR_CODE_TRANSIENT", "message": "connection refused"},
+                },
+                {"provider": "offline", "startedAt": "2025-03-04T05:06:06Z", "duration": "1s"},
+            ],
         },
         message,
     )
     result = convert.result_from_proto(message)
     assert result.success
     assert result.error is None
+    assert result.history == (
+        Attempt(
+            provider="primary",
+            started_at=datetime(2025, 3, 4, 5, 6, 5, tzinfo=UTC),
+            duration=0.25,
+            error=TaskError(ErrorCode.TRANSIENT, "connection refused"),
+        ),
+        Attempt(
+            provider="offline", started_at=datetime(2025, 3, 4, 5, 6, 6, tzinfo=UTC), duration=1.0
+        ),
+    )
     assert result.state is TaskState.SUCCEEDED
     assert result.processing_time == 1.5
     assert result.completed_at == AT
@@ -91,6 +126,13 @@ def test_unset_timestamps_and_errors_stay_unset() -> None:
     message = convert.result_to_proto(result)
     assert not message.HasField("completed_at")
     assert not message.HasField("error")
+    attempt = convert.result_from_proto(
+        task_pb2.TaskResult(history=[task_pb2.Attempt(provider="p")])
+    ).history[0]
+    assert attempt == Attempt(provider="p")
+    record = convert.result_to_proto(TaskResult(task_id="t", history=(attempt,))).history[0]
+    assert not record.HasField("started_at")
+    assert not record.HasField("error")
 
 
 def test_unknown_enum_values_map_to_unspecified_and_priority_zero_to_normal() -> None:
@@ -106,6 +148,20 @@ def test_unknown_enum_values_map_to_unspecified_and_priority_zero_to_normal() ->
     assert convert.priority_from_proto(task_pb2.PRIORITY_UNSPECIFIED) is Priority.NORMAL
     event = convert.progress_from_proto(pb.ProgressEvent(task_id="t", kind=42))  # type: ignore[arg-type]
     assert event.kind is ProgressKind.UNSPECIFIED
+    provider_event = convert.provider_event_from_proto(
+        pb.ProviderEvent(kind=42, health=42)  # type: ignore[arg-type]
+    )
+    assert provider_event.kind is ProviderEventKind.UNSPECIFIED
+    assert provider_event.health is HealthLevel.UNSPECIFIED
+    stats = convert.stats_from_proto(
+        pb.StatsResponse(
+            providers=[pb.ProviderStats(name="p", breaker_state=42, health=42)],  # type: ignore[arg-type]
+            event_counts=[pb.EventCount(kind=42, count=1)],  # type: ignore[arg-type]
+        )
+    )
+    assert stats.providers[0].breaker_state is BreakerState.UNSPECIFIED
+    assert stats.providers[0].health is HealthLevel.UNSPECIFIED
+    assert stats.event_counts == (EventCount(ProviderEventKind.UNSPECIFIED, 1),)
 
 
 def test_every_enum_member_round_trips() -> None:
@@ -119,6 +175,17 @@ def test_every_enum_member_round_trips() -> None:
     for kind in ProgressKind:
         event = ProgressEvent(task_id="t", kind=kind)
         assert convert.progress_from_proto(convert.progress_to_proto(event)) == event
+    for event_kind in ProviderEventKind:
+        count = Stats(event_counts=(EventCount(event_kind, 2),))
+        assert convert.stats_from_proto(convert.stats_to_proto(count)) == count
+    for level in HealthLevel:
+        changed = ProviderEvent(kind=ProviderEventKind.HEALTH_CHANGED, health=level)
+        assert (
+            convert.provider_event_from_proto(convert.provider_event_to_proto(changed)) == changed
+        )
+    for breaker in BreakerState:
+        provider = Stats(providers=(ProviderStats(name="p", breaker_state=breaker),))
+        assert convert.stats_from_proto(convert.stats_to_proto(provider)) == provider
 
 
 def test_queued_task_round_trips() -> None:
@@ -159,6 +226,7 @@ def test_task_info_round_trips_with_spec_and_result() -> None:
             model="m",
             idempotency_key="k",
             metadata={"a": "b"},
+            max_retries=5,
         ),
         created_at=AT,
         started_at=AT,
@@ -169,6 +237,8 @@ def test_task_info_round_trips_with_spec_and_result() -> None:
     message = convert.task_to_proto(info)
     assert not message.HasField("finished_at")
     assert message.spec.timeout.seconds == 30
+    assert message.spec.max_retries == 5
+    assert len(message.result.history) == 2
     assert convert.task_from_proto(message) == info
 
 
@@ -176,8 +246,16 @@ def test_task_spec_without_timeout_leaves_it_unset() -> None:
     spec = TaskSpec(url="https://example.com/a", content="x")
     message = convert.spec_to_proto(spec)
     assert not message.HasField("timeout")
+    assert not message.HasField("max_retries")
     assert message.priority == task_pb2.PRIORITY_NORMAL
     assert convert.spec_from_proto(message) == spec
+
+
+def test_a_max_retries_of_zero_is_kept_apart_from_unset() -> None:
+    spec = TaskSpec(url="https://example.com/a", content="x", max_retries=0)
+    message = convert.spec_to_proto(spec)
+    assert message.HasField("max_retries")
+    assert convert.spec_from_proto(message).max_retries == 0
 
 
 def test_stats_round_trip() -> None:
@@ -190,7 +268,15 @@ def test_stats_round_trip() -> None:
         total_workers=4,
         is_running=False,
         counters=Counters(
-            queued=9, completed=5, failed=2, retried=4, rejected=1, cancelled=1, timed_out=1
+            queued=9,
+            completed=5,
+            failed=2,
+            retried=4,
+            rejected=1,
+            cancelled=1,
+            timed_out=1,
+            failovers=3,
+            rate_limit_waits=6,
         ),
         queue_latency=latency,
         processing_latency=LatencySummary(samples=1, p50=2.0, p90=2.0, p99=2.0, max=2.0),
@@ -204,14 +290,68 @@ def test_stats_round_trip() -> None:
                 requests=7,
                 failures=2,
                 average_latency=0.75,
-                state="healthy",
+                state="paused",
+                breaker_state=BreakerState.HALF_OPEN,
+                health=HealthLevel.DEGRADED,
+                paused_for=1.5,
+                error_rate=0.25,
+                priority=2,
+                max_concurrent_requests=8,
+                rate_limited=3,
             ),
         ),
         subscribers=2,
         undelivered_results=4,
         started_at=AT,
+        event_counts=(
+            EventCount(ProviderEventKind.FAILOVER, 3),
+            EventCount(ProviderEventKind.PAUSED, 1),
+        ),
     )
     message = convert.stats_to_proto(stats)
     assert message.counters.timed_out == 1
+    assert message.counters.failovers == 3
     assert message.providers[0].average_latency.nanos == 750_000_000
+    assert message.providers[0].breaker_state == pb.BREAKER_STATE_HALF_OPEN
+    assert message.providers[0].paused_for.seconds == 1
+    assert message.event_counts[0] == pb.EventCount(kind=pb.PROVIDER_EVENT_KIND_FAILOVER, count=3)
     assert convert.stats_from_proto(message) == stats
+
+
+def test_provider_event_round_trips_both_ways() -> None:
+    event = ProviderEvent(
+        kind=ProviderEventKind.RECOVERED,
+        at=AT,
+        provider="primary",
+        to_provider="backup",
+        reason="breaker closed",
+        downtime=42.5,
+        health=HealthLevel.HEALTHY,
+        task_id="t1",
+    )
+    message = convert.provider_event_to_proto(event)
+    assert message.kind == pb.PROVIDER_EVENT_KIND_RECOVERED
+    assert message.downtime.seconds == 42
+    assert convert.provider_event_from_proto(message) == event
+    parsed = pb.ProviderEvent()
+    json_format.ParseDict(
+        {
+            "kind": "PROVIDER_EVENT_KIND_FAILOVER",
+            "at": "2025-03-04T05:06:07.123456Z",
+            "provider": "primary",
+            "toProvider": "backup",
+            "reason": "HTTP 500",
+            "taskId": "t2",
+        },
+        parsed,
+    )
+    failover = convert.provider_event_from_proto(parsed)
+    assert failover == ProviderEvent(
+        kind=ProviderEventKind.FAILOVER,
+        at=AT,
+        provider="primary",
+        to_provider="backup",
+        reason="HTTP 500",
+        task_id="t2",
+    )
+    assert not convert.provider_event_to_proto(ProviderEvent(kind=failover.kind)).HasField("at")

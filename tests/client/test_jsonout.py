@@ -8,6 +8,13 @@ from datetime import UTC, datetime
 from google.protobuf import json_format
 
 from aiproc.client import (
+    BreakerState,
+    Counters,
+    EventCount,
+    HealthLevel,
+    ProviderEvent,
+    ProviderEventKind,
+    ProviderStats,
     QueuedTask,
     Stats,
     TaskError,
@@ -79,3 +86,47 @@ def test_progress_event_prints_the_stream_message() -> None:
     fields = json.loads(to_json(event, indent=2))
     assert fields["kind"] == "PROGRESS_KIND_FAILED_OVER"
     assert fields["attempt"] == 2
+
+
+def test_provider_event_prints_a_watch_events_response() -> None:
+    event = ProviderEvent(
+        kind=ProviderEventKind.FAILOVER,
+        at=datetime(2026, 11, 26, 2, 30, 1, tzinfo=UTC),
+        provider="primary",
+        to_provider="secondary",
+        reason="500 from primary",
+        task_id="t1",
+    )
+    text = to_json(event)
+    assert "\n" not in text
+    fields = json.loads(text)
+    assert fields == {
+        "event": {
+            "kind": "PROVIDER_EVENT_KIND_FAILOVER",
+            "at": "2026-11-26T02:30:01Z",
+            "provider": "primary",
+            "toProvider": "secondary",
+            "reason": "500 from primary",
+            "downtime": "0s",
+            "health": "HEALTH_LEVEL_UNSPECIFIED",
+            "taskId": "t1",
+        }
+    }
+    assert json_format.Parse(text, pb.WatchEventsResponse()).event.task_id == "t1"
+
+
+def test_stats_print_the_resilience_fields() -> None:
+    stats = Stats(
+        counters=Counters(failovers=2, rate_limit_waits=5),
+        providers=(
+            ProviderStats(name="p", breaker_state=BreakerState.OPEN, health=HealthLevel.CRITICAL),
+        ),
+        event_counts=(EventCount(ProviderEventKind.BREAKER_OPENED, 1),),
+    )
+    fields = json.loads(to_json(stats))
+    assert fields["counters"]["failovers"] == "2"
+    assert fields["counters"]["rateLimitWaits"] == "5"
+    assert fields["providers"][0]["breakerState"] == "BREAKER_STATE_OPEN"
+    assert fields["providers"][0]["health"] == "HEALTH_LEVEL_CRITICAL"
+    assert fields["providers"][0]["pausedFor"] == "0s"
+    assert fields["eventCounts"] == [{"kind": "PROVIDER_EVENT_KIND_BREAKER_OPENED", "count": "1"}]

@@ -201,3 +201,8 @@ async def test_one_mebibyte_without_punctuation_gives_a_short_summary() -> None:
     [line] = section(completion.content, "Summary")
     assert len(line) < 500
     assert line.endswith("…")
+
+
+async def test_is_always_healthy_without_calling_out() -> None:
+    # Nothing to reach, so not even a zero timeout can fail it.
+    await OfflineProvider().check_health(timeout=0.0)

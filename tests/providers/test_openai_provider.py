@@ -17,8 +17,9 @@ from aiproc.server.core.errors import (
 )
 from aiproc.server.core.models import TokenUsage
 from aiproc.server.fakes.openai_server import FakeOpenAIServer, FakeReply
+from aiproc.server.providers._http_errors import retry_after_seconds
 from aiproc.server.providers.base import ChatMessage, CompletionRequest, Provider
-from aiproc.server.providers.openai import OpenAIProvider, retry_after_seconds
+from aiproc.server.providers.openai import OpenAIProvider
 from aiproc.server.providers.prompt import estimate_tokens
 
 KEY = "sk-test-0123456789abcdefSECRET"
@@ -360,3 +361,55 @@ def test_repr_shows_name_model_and_url_but_never_the_key(client: httpx.AsyncClie
         "<OpenAIProvider name='primary' model='gpt-4o' base_url='https://***@api.example.com/v1'>"
     )
     assert (provider.kind, provider.context_window) == ("openai", 128_000)
+
+
+async def test_check_health_lists_models_and_sends_no_completion(
+    fake: FakeOpenAIServer, client: httpx.AsyncClient
+) -> None:
+    await make_provider(fake, client).check_health(timeout=5.0)
+
+    [sent] = fake.requests
+    assert (sent.method, sent.path) == ("GET", "/v1/models")
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+
+
+@pytest.mark.parametrize(
+    ("reply", "error_type"),
+    [
+        (FakeReply(status=401), AuthenticationFailed),
+        (FakeReply(status=503), TransientError),
+        (FakeReply(status=429, headers={"Retry-After": "2"}), RateLimited),
+        (FakeReply(body="<html>login</html>", headers={"Content-Type": "text/html"}), BadResponse),
+    ],
+)
+async def test_an_unhealthy_endpoint_fails_the_check_with_a_domain_error(
+    fake: FakeOpenAIServer, client: httpx.AsyncClient, reply: FakeReply, error_type: type
+) -> None:
+    fake.enqueue(reply)
+
+    with pytest.raises(ProviderError) as caught:
+        await make_provider(fake, client).check_health(timeout=5.0)
+
+    assert type(caught.value) is error_type
+    assert [r.method for r in fake.requests] == ["GET"]
+
+
+async def test_a_health_check_that_hangs_times_out(
+    fake: FakeOpenAIServer, client: httpx.AsyncClient
+) -> None:
+    fake.enqueue(FakeReply(hang=True))
+
+    with pytest.raises(ProviderTimeout, match=r"0\.1s"):
+        await make_provider(fake, client).check_health(timeout=0.1)
+
+
+async def test_a_content_filtered_answer_is_an_invalid_request(
+    fake: FakeOpenAIServer, client: httpx.AsyncClient
+) -> None:
+    choice = {"message": {"content": None}, "finish_reason": "content_filter"}
+    fake.enqueue(FakeReply(body={"choices": [choice]}))
+
+    error = await failure(make_provider(fake, client))
+
+    assert isinstance(error, InvalidRequest)
+    assert not error.retryable

@@ -8,9 +8,18 @@ import pytest
 
 from aiproc.server.config import ConfigError, ProcessorConfig, ProviderConfig
 from aiproc.server.core.errors import ProviderTimeout
+from aiproc.server.fakes.anthropic_dialect import AnthropicDialect
+from aiproc.server.fakes.azure_dialect import AzureDialect
+from aiproc.server.fakes.engine import FakeProviderServer
+from aiproc.server.fakes.gemini_dialect import GeminiDialect
+from aiproc.server.fakes.ollama_dialect import OllamaDialect
 from aiproc.server.fakes.openai_server import FakeOpenAIServer, FakeReply
+from aiproc.server.providers.anthropic import AnthropicProvider
+from aiproc.server.providers.azure_openai import AzureOpenAIProvider
 from aiproc.server.providers.base import ChatMessage, CompletionRequest
+from aiproc.server.providers.gemini import GeminiProvider
 from aiproc.server.providers.offline import OFFLINE_CONTEXT_WINDOW, OfflineProvider
+from aiproc.server.providers.ollama import OllamaProvider
 from aiproc.server.providers.openai import OpenAIProvider
 from aiproc.server.providers.registry import build_providers
 
@@ -110,7 +119,7 @@ def test_a_missing_key_variable_is_a_config_error_naming_the_field(env: dict[str
 
 
 def test_an_unknown_kind_is_a_config_error_naming_the_field() -> None:
-    configs = [openai("fine"), ProviderConfig(name="odd", kind="anthropic")]
+    configs = [openai("fine"), ProviderConfig(name="odd", kind="bedrock")]
 
     with pytest.raises(ConfigError) as caught:
         build_providers(configs, PROCESSOR, env={})
@@ -186,3 +195,118 @@ async def test_a_client_passed_in_stays_open(
     await providers.aclose()
 
     assert (await provider.complete(REQUEST)).content.startswith("Enhanced: ")
+
+
+def vendor(name: str, kind: str, **fields: Any) -> ProviderConfig:
+    return ProviderConfig(name=name, kind=kind, **fields)
+
+
+async def test_each_vendor_kind_builds_its_provider_at_the_public_address_by_default() -> None:
+    configs = [
+        vendor("claude", "anthropic", api_key_env="ANTHROPIC_KEY", model="claude-sonnet-4-0"),
+        vendor("gem", "gemini", api_key_env="GEMINI_KEY", model="gemini-2.0-flash"),
+        vendor("local", "ollama", model="llama3.1"),
+        vendor(
+            "azure",
+            "azure_openai",
+            base_url="https://res.openai.azure.com",
+            api_key_env="AZURE_KEY",
+            model="gpt-4o",
+        ),
+    ]
+    env = {"ANTHROPIC_KEY": "a-key", "GEMINI_KEY": "g-key", "AZURE_KEY": "z-key"}
+
+    providers = build_providers(configs, PROCESSOR, env=env)
+    try:
+        claude, gem, local, azure = providers
+        assert isinstance(claude, AnthropicProvider)
+        assert isinstance(gem, GeminiProvider)
+        assert isinstance(local, OllamaProvider)
+        assert isinstance(azure, AzureOpenAIProvider)
+        assert [p.kind for p in providers] == ["anthropic", "gemini", "ollama", "azure_openai"]
+        assert "base_url='https://api.anthropic.com'" in repr(claude)
+        assert "base_url='https://generativelanguage.googleapis.com/v1beta'" in repr(gem)
+        assert "base_url='http://127.0.0.1:11434'" in repr(local)
+        # Azure's deployment defaults to the model; Ollama's window to what a small GPU holds.
+        assert azure.deployment == "gpt-4o"
+        assert (local.context_window, azure.context_window) == (8192, 128_000)
+        assert not [p for p in providers for key in env.values() if key in repr(p)]
+    finally:
+        await providers.aclose()
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "azure_openai", "gemini"])
+@pytest.mark.parametrize("env", [{}, {"VENDOR_KEY": ""}], ids=["unset", "empty"])
+def test_vendors_that_need_a_key_refuse_a_missing_one(kind: str, env: dict[str, str]) -> None:
+    base_url = "https://res.openai.azure.com"
+    configs = [openai("fine"), vendor("v", kind, base_url=base_url, api_key_env="VENDOR_KEY")]
+
+    with pytest.raises(ConfigError) as caught:
+        build_providers(configs, PROCESSOR, env=env)
+
+    assert caught.value.field == "providers[1].api_key_env"
+    assert "VENDOR_KEY" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "azure_openai", "gemini"])
+def test_vendors_that_need_a_key_refuse_a_config_without_api_key_env(kind: str) -> None:
+    configs = [vendor("v", kind, base_url="https://res.openai.azure.com")]
+
+    with pytest.raises(ConfigError) as caught:
+        build_providers(configs, PROCESSOR, env={})
+
+    assert caught.value.field == "providers[0].api_key_env"
+    assert f"required for kind {kind}" in str(caught.value)
+
+
+async def test_vendor_settings_reach_the_wire(client: httpx.AsyncClient) -> None:
+    ollama_dialect = OllamaDialect(models=(PROCESSOR.llm_model,), api_key="proxy-key")
+    async with (
+        FakeProviderServer(AnthropicDialect(api_key="a-key")) as anthropic_fake,
+        FakeProviderServer(AzureDialect(api_key="z-key", deployment="prod")) as azure_fake,
+        FakeProviderServer(GeminiDialect(api_key="g-key", models=("gemini-x",))) as gemini_fake,
+        FakeProviderServer(ollama_dialect) as ollama_fake,
+    ):
+        configs = [
+            vendor(
+                "claude",
+                "anthropic",
+                base_url=anthropic_fake.base_url,
+                api_key_env="A",
+                api_version="2024-02-02",
+            ),
+            vendor(
+                "azure",
+                "azure_openai",
+                base_url=azure_fake.base_url,
+                api_key_env="Z",
+                deployment="prod",
+                api_version="2024-06-01",
+            ),
+            vendor(
+                "gem", "gemini", base_url=gemini_fake.base_url, api_key_env="G", model="gemini-x"
+            ),
+            vendor(
+                "local",
+                "ollama",
+                base_url=ollama_fake.base_url,
+                api_key_env="O",
+                context_window=4096,
+            ),
+        ]
+        env = {"A": "a-key", "Z": "z-key", "G": "g-key", "O": "proxy-key"}
+        providers = build_providers(configs, PROCESSOR, env=env, http_client=client)
+        for provider in providers:
+            completion = await provider.complete(REQUEST)
+            assert completion.content.startswith("Enhanced: "), provider.name
+
+    [claude] = anthropic_fake.requests
+    assert claude.headers["anthropic-version"] == "2024-02-02"
+    assert claude.body["model"] == PROCESSOR.llm_model
+    [azure] = azure_fake.requests
+    assert azure.query == {"api-version": "2024-06-01"}
+    [gem] = gemini_fake.requests
+    assert gem.path == "/v1beta/models/gemini-x:generateContent"
+    [local] = ollama_fake.requests
+    assert local.headers["authorization"] == "Bearer proxy-key"
+    assert local.body["options"]["num_ctx"] == 4096

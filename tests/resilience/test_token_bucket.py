@@ -98,3 +98,18 @@ def test_backoff_is_jittered_within_half_to_full_ceiling() -> None:
     delays = [backoff.delay(3, rng) for _ in range(200)]
     assert all(2.0 <= d <= 4.0 for d in delays)
     assert len({round(d, 6) for d in delays}) > 150  # really spread, not one value
+
+
+def test_adjust_spends_or_returns_tokens_up_to_the_burst() -> None:
+    bucket = TokenBucket(rate=1.0, burst=5, now=0.0)
+    bucket.adjust(0.0, -8.0)  # a usage report larger than what was booked
+    assert bucket.reserve(0.0) == pytest.approx(4.0)
+    bucket.adjust(0.0, 100.0)
+    assert bucket.tokens == 5.0
+
+
+def test_adjust_by_zero_only_refills_to_now() -> None:
+    bucket = TokenBucket(rate=2.0, burst=10, now=0.0)
+    bucket.adjust(0.0, -10.0)
+    bucket.adjust(3.0, 0.0)
+    assert bucket.tokens == pytest.approx(6.0)

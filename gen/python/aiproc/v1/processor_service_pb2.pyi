@@ -54,6 +54,122 @@ PROGRESS_KIND_FAILED_OVER: ProgressKind.ValueType  # 4
 """An attempt failed and the next attempt goes to another provider."""
 Global___ProgressKind: _TypeAlias = ProgressKind  # noqa: Y015
 
+class _BreakerState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BreakerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BreakerState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BREAKER_STATE_UNSPECIFIED: _BreakerState.ValueType  # 0
+    """Not reported (breakers are disabled)."""
+    BREAKER_STATE_CLOSED: _BreakerState.ValueType  # 1
+    """Calls flow."""
+    BREAKER_STATE_OPEN: _BreakerState.ValueType  # 2
+    """Calls are refused until the recovery timeout passes."""
+    BREAKER_STATE_HALF_OPEN: _BreakerState.ValueType  # 3
+    """A few probe calls are let through to test recovery."""
+
+class BreakerState(_BreakerState, metaclass=_BreakerStateEnumTypeWrapper):
+    """A circuit breaker's state."""
+
+BREAKER_STATE_UNSPECIFIED: BreakerState.ValueType  # 0
+"""Not reported (breakers are disabled)."""
+BREAKER_STATE_CLOSED: BreakerState.ValueType  # 1
+"""Calls flow."""
+BREAKER_STATE_OPEN: BreakerState.ValueType  # 2
+"""Calls are refused until the recovery timeout passes."""
+BREAKER_STATE_HALF_OPEN: BreakerState.ValueType  # 3
+"""A few probe calls are let through to test recovery."""
+Global___BreakerState: _TypeAlias = BreakerState  # noqa: Y015
+
+class _HealthLevel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HealthLevelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthLevel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HEALTH_LEVEL_UNSPECIFIED: _HealthLevel.ValueType  # 0
+    """Not known yet."""
+    HEALTH_LEVEL_HEALTHY: _HealthLevel.ValueType  # 1
+    """Errors below the degraded threshold."""
+    HEALTH_LEVEL_DEGRADED: _HealthLevel.ValueType  # 2
+    """Error rate at or above the degraded threshold (10% by default)."""
+    HEALTH_LEVEL_CRITICAL: _HealthLevel.ValueType  # 3
+    """Error rate at or above the critical threshold (50% by default)."""
+    HEALTH_LEVEL_UNAVAILABLE: _HealthLevel.ValueType  # 4
+    """Several checks in a row failed; no traffic until it recovers."""
+
+class HealthLevel(_HealthLevel, metaclass=_HealthLevelEnumTypeWrapper):
+    """How well a provider is doing, from health checks and recent calls."""
+
+HEALTH_LEVEL_UNSPECIFIED: HealthLevel.ValueType  # 0
+"""Not known yet."""
+HEALTH_LEVEL_HEALTHY: HealthLevel.ValueType  # 1
+"""Errors below the degraded threshold."""
+HEALTH_LEVEL_DEGRADED: HealthLevel.ValueType  # 2
+"""Error rate at or above the degraded threshold (10% by default)."""
+HEALTH_LEVEL_CRITICAL: HealthLevel.ValueType  # 3
+"""Error rate at or above the critical threshold (50% by default)."""
+HEALTH_LEVEL_UNAVAILABLE: HealthLevel.ValueType  # 4
+"""Several checks in a row failed; no traffic until it recovers."""
+Global___HealthLevel: _TypeAlias = HealthLevel  # noqa: Y015
+
+class _ProviderEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProviderEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProviderEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROVIDER_EVENT_KIND_UNSPECIFIED: _ProviderEventKind.ValueType  # 0
+    """Never sent."""
+    PROVIDER_EVENT_KIND_FAILOVER: _ProviderEventKind.ValueType  # 1
+    """A task's next attempt went to another provider after a failure."""
+    PROVIDER_EVENT_KIND_BREAKER_OPENED: _ProviderEventKind.ValueType  # 2
+    """A provider's breaker opened: it gets no traffic until it recovers."""
+    PROVIDER_EVENT_KIND_BREAKER_HALF_OPEN: _ProviderEventKind.ValueType  # 3
+    """A provider's breaker let probe calls through."""
+    PROVIDER_EVENT_KIND_RECOVERED: _ProviderEventKind.ValueType  # 4
+    """A provider recovered (its breaker closed); downtime says for how long
+    it was out.
+    """
+    PROVIDER_EVENT_KIND_FAILBACK: _ProviderEventKind.ValueType  # 5
+    """A recovered provider's failback delay ended: it takes its full share of
+    traffic again.
+    """
+    PROVIDER_EVENT_KIND_HEALTH_CHANGED: _ProviderEventKind.ValueType  # 6
+    """A provider's health level changed."""
+    PROVIDER_EVENT_KIND_PAUSED: _ProviderEventKind.ValueType  # 7
+    """A provider asked for a pause (Retry-After)."""
+    PROVIDER_EVENT_KIND_ALL_PROVIDERS_DOWN: _ProviderEventKind.ValueType  # 8
+    """No provider could take a call."""
+
+class ProviderEventKind(_ProviderEventKind, metaclass=_ProviderEventKindEnumTypeWrapper):
+    """What happened to a provider."""
+
+PROVIDER_EVENT_KIND_UNSPECIFIED: ProviderEventKind.ValueType  # 0
+"""Never sent."""
+PROVIDER_EVENT_KIND_FAILOVER: ProviderEventKind.ValueType  # 1
+"""A task's next attempt went to another provider after a failure."""
+PROVIDER_EVENT_KIND_BREAKER_OPENED: ProviderEventKind.ValueType  # 2
+"""A provider's breaker opened: it gets no traffic until it recovers."""
+PROVIDER_EVENT_KIND_BREAKER_HALF_OPEN: ProviderEventKind.ValueType  # 3
+"""A provider's breaker let probe calls through."""
+PROVIDER_EVENT_KIND_RECOVERED: ProviderEventKind.ValueType  # 4
+"""A provider recovered (its breaker closed); downtime says for how long
+it was out.
+"""
+PROVIDER_EVENT_KIND_FAILBACK: ProviderEventKind.ValueType  # 5
+"""A recovered provider's failback delay ended: it takes its full share of
+traffic again.
+"""
+PROVIDER_EVENT_KIND_HEALTH_CHANGED: ProviderEventKind.ValueType  # 6
+"""A provider's health level changed."""
+PROVIDER_EVENT_KIND_PAUSED: ProviderEventKind.ValueType  # 7
+"""A provider asked for a pause (Retry-After)."""
+PROVIDER_EVENT_KIND_ALL_PROVIDERS_DOWN: ProviderEventKind.ValueType  # 8
+"""No provider could take a call."""
+Global___ProviderEventKind: _TypeAlias = ProviderEventKind  # noqa: Y015
+
 @_typing.final
 class QueueTaskRequest(_message.Message):
     """Request of QueueTask."""
@@ -441,6 +557,8 @@ class Counters(_message.Message):
     REJECTED_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
     TIMED_OUT_FIELD_NUMBER: _builtins.int
+    FAILOVERS_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_WAITS_FIELD_NUMBER: _builtins.int
     queued: _builtins.int
     """Tasks accepted by QueueTask (deduplicated repeats not counted)."""
     completed: _builtins.int
@@ -455,6 +573,12 @@ class Counters(_message.Message):
     """Tasks cancelled."""
     timed_out: _builtins.int
     """Tasks that failed because their timeout expired (also in failed)."""
+    failovers: _builtins.int
+    """Attempts moved to another provider after a failure."""
+    rate_limit_waits: _builtins.int
+    """Provider calls that waited for a rate limit (global, per provider, or a
+    provider's Retry-After pause).
+    """
     def __init__(
         self,
         *,
@@ -465,10 +589,12 @@ class Counters(_message.Message):
         rejected: _builtins.int = ...,
         cancelled: _builtins.int = ...,
         timed_out: _builtins.int = ...,
+        failovers: _builtins.int = ...,
+        rate_limit_waits: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "completed", b"completed", "failed", b"failed", "queued", b"queued", "rejected", b"rejected", "retried", b"retried", "timed_out", b"timed_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "completed", b"completed", "failed", b"failed", "failovers", b"failovers", "queued", b"queued", "rate_limit_waits", b"rate_limit_waits", "rejected", b"rejected", "retried", b"retried", "timed_out", b"timed_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -535,6 +661,13 @@ class ProviderStats(_message.Message):
     FAILURES_FIELD_NUMBER: _builtins.int
     AVERAGE_LATENCY_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    BREAKER_STATE_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    PAUSED_FOR_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_REQUESTS_FIELD_NUMBER: _builtins.int
+    RATE_LIMITED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The provider's unique name from the config."""
     kind: _builtins.str
@@ -550,10 +683,28 @@ class ProviderStats(_message.Message):
     failures: _builtins.int
     """Calls that failed."""
     state: _builtins.str
-    """A short word for its state, e.g. "healthy"."""
+    """A short word for its overall state: "available", "paused", "open",
+    "half_open", "unavailable" or "disabled".
+    """
+    breaker_state: Global___BreakerState.ValueType
+    """The provider's circuit breaker."""
+    health: Global___HealthLevel.ValueType
+    """The provider's health level."""
+    error_rate: _builtins.float
+    """Share of recent calls that failed, 0 to 1."""
+    priority: _builtins.int
+    """Its priority (lower is preferred)."""
+    max_concurrent_requests: _builtins.int
+    """Its most concurrent calls."""
+    rate_limited: _builtins.int
+    """Answers that were rate limits (HTTP 429 and the like)."""
     @_builtins.property
     def average_latency(self) -> _duration_pb2.Duration:
         """Moving average of successful call latency."""
+
+    @_builtins.property
+    def paused_for(self) -> _duration_pb2.Duration:
+        """Time left of a pause the provider asked for (Retry-After); zero if none."""
 
     def __init__(
         self,
@@ -567,14 +718,142 @@ class ProviderStats(_message.Message):
         failures: _builtins.int = ...,
         average_latency: _duration_pb2.Duration | None = ...,
         state: _builtins.str = ...,
+        breaker_state: Global___BreakerState.ValueType = ...,
+        health: Global___HealthLevel.ValueType = ...,
+        paused_for: _duration_pb2.Duration | None = ...,
+        error_rate: _builtins.float = ...,
+        priority: _builtins.int = ...,
+        max_concurrent_requests: _builtins.int = ...,
+        rate_limited: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["average_latency", b"average_latency"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["average_latency", b"average_latency", "paused_for", b"paused_for"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_latency", b"average_latency", "enabled", b"enabled", "failures", b"failures", "in_flight", b"in_flight", "kind", b"kind", "model", b"model", "name", b"name", "requests", b"requests", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_latency", b"average_latency", "breaker_state", b"breaker_state", "enabled", b"enabled", "error_rate", b"error_rate", "failures", b"failures", "health", b"health", "in_flight", b"in_flight", "kind", b"kind", "max_concurrent_requests", b"max_concurrent_requests", "model", b"model", "name", b"name", "paused_for", b"paused_for", "priority", b"priority", "rate_limited", b"rate_limited", "requests", b"requests", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProviderStats: _TypeAlias = ProviderStats  # noqa: Y015
+
+@_typing.final
+class EventCount(_message.Message):
+    """How many provider events of one kind happened since start."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    kind: Global___ProviderEventKind.ValueType
+    """The kind of event."""
+    count: _builtins.int
+    """How many."""
+    def __init__(
+        self,
+        *,
+        kind: Global___ProviderEventKind.ValueType = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventCount: _TypeAlias = EventCount  # noqa: Y015
+
+@_typing.final
+class ProviderEvent(_message.Message):
+    """One provider event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    TO_PROVIDER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DOWNTIME_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    kind: Global___ProviderEventKind.ValueType
+    """What happened."""
+    provider: _builtins.str
+    """The provider concerned (for FAILOVER, the one that failed)."""
+    to_provider: _builtins.str
+    """For FAILOVER: the provider the next attempt goes to."""
+    reason: _builtins.str
+    """Why, in a few words."""
+    health: Global___HealthLevel.ValueType
+    """For HEALTH_CHANGED: the new level."""
+    task_id: _builtins.str
+    """For FAILOVER: the task whose attempt moved."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    @_builtins.property
+    def downtime(self) -> _duration_pb2.Duration:
+        """For RECOVERED: how long the provider was out."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___ProviderEventKind.ValueType = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        provider: _builtins.str = ...,
+        to_provider: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        downtime: _duration_pb2.Duration | None = ...,
+        health: Global___HealthLevel.ValueType = ...,
+        task_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "downtime", b"downtime"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "downtime", b"downtime", "health", b"health", "kind", b"kind", "provider", b"provider", "reason", b"reason", "task_id", b"task_id", "to_provider", b"to_provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderEvent: _TypeAlias = ProviderEvent  # noqa: Y015
+
+@_typing.final
+class WatchEventsRequest(_message.Message):
+    """Request of WatchEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchEventsResponse(_message.Message):
+    """One message of WatchEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___ProviderEvent:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___ProviderEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
 
 @_typing.final
 class StatsResponse(_message.Message):
@@ -595,6 +874,7 @@ class StatsResponse(_message.Message):
     SUBSCRIBERS_FIELD_NUMBER: _builtins.int
     UNDELIVERED_RESULTS_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
+    EVENT_COUNTS_FIELD_NUMBER: _builtins.int
     queue_size: _builtins.int
     """Tasks waiting, all priorities together."""
     queue_capacity: _builtins.int
@@ -633,6 +913,10 @@ class StatsResponse(_message.Message):
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """When the server started."""
 
+    @_builtins.property
+    def event_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventCount]:
+        """Provider events since start, by kind."""
+
     def __init__(
         self,
         *,
@@ -649,10 +933,11 @@ class StatsResponse(_message.Message):
         subscribers: _builtins.int = ...,
         undelivered_results: _builtins.int = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
+        event_counts: _abc.Iterable[Global___EventCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counters", b"counters", "processing_latency", b"processing_latency", "queue_latency", b"queue_latency", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_workers", b"active_workers", "counters", b"counters", "is_running", b"is_running", "processing_latency", b"processing_latency", "providers", b"providers", "queue_capacity", b"queue_capacity", "queue_depths", b"queue_depths", "queue_latency", b"queue_latency", "queue_size", b"queue_size", "started_at", b"started_at", "subscribers", b"subscribers", "total_workers", b"total_workers", "undelivered_results", b"undelivered_results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_workers", b"active_workers", "counters", b"counters", "event_counts", b"event_counts", "is_running", b"is_running", "processing_latency", b"processing_latency", "providers", b"providers", "queue_capacity", b"queue_capacity", "queue_depths", b"queue_depths", "queue_latency", b"queue_latency", "queue_size", b"queue_size", "started_at", b"started_at", "subscribers", b"subscribers", "total_workers", b"total_workers", "undelivered_results", b"undelivered_results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -70,6 +70,11 @@ class ProcessorServiceStub:
                 request_serializer=aiproc_dot_v1_dot_processor__service__pb2.StatsRequest.SerializeToString,
                 response_deserializer=aiproc_dot_v1_dot_processor__service__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/aiproc.v1.ProcessorService/WatchEvents',
+                request_serializer=aiproc_dot_v1_dot_processor__service__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=aiproc_dot_v1_dot_processor__service__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ProcessorServiceServicer:
@@ -128,6 +133,14 @@ class ProcessorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Streams provider events as they happen: failovers, breakers opening and
+        closing, health changes, recoveries, and all providers being down.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProcessorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +168,11 @@ def add_ProcessorServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=aiproc_dot_v1_dot_processor__service__pb2.StatsRequest.FromString,
                     response_serializer=aiproc_dot_v1_dot_processor__service__pb2.StatsResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=aiproc_dot_v1_dot_processor__service__pb2.WatchEventsRequest.FromString,
+                    response_serializer=aiproc_dot_v1_dot_processor__service__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -303,6 +321,33 @@ class ProcessorService:
             '/aiproc.v1.ProcessorService/Stats',
             aiproc_dot_v1_dot_processor__service__pb2.StatsRequest.SerializeToString,
             aiproc_dot_v1_dot_processor__service__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/aiproc.v1.ProcessorService/WatchEvents',
+            aiproc_dot_v1_dot_processor__service__pb2.WatchEventsRequest.SerializeToString,
+            aiproc_dot_v1_dot_processor__service__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

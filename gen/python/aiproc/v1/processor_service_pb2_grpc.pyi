@@ -64,6 +64,10 @@ class ProcessorServiceStub:
     """
     Stats: _grpc.UnaryUnaryMultiCallable[_processor_service_pb2.StatsRequest, _processor_service_pb2.StatsResponse]
     """Queue, worker, counter, latency and provider statistics."""
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_processor_service_pb2.WatchEventsRequest, _processor_service_pb2.WatchEventsResponse]
+    """Streams provider events as they happen: failovers, breakers opening and
+    closing, health changes, recoveries, and all providers being down.
+    """
 
 @_typing.type_check_only
 class ProcessorServiceAsyncStub(ProcessorServiceStub):
@@ -101,6 +105,10 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
     """
     Stats: _aio.UnaryUnaryMultiCallable[_processor_service_pb2.StatsRequest, _processor_service_pb2.StatsResponse]  # type: ignore[assignment]
     """Queue, worker, counter, latency and provider statistics."""
+    WatchEvents: _aio.UnaryStreamMultiCallable[_processor_service_pb2.WatchEventsRequest, _processor_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """Streams provider events as they happen: failovers, breakers opening and
+    closing, health changes, recoveries, and all providers being down.
+    """
 
 class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Background LLM enhancement of web content.
@@ -165,5 +173,15 @@ class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_processor_service_pb2.StatsResponse, _abc.Awaitable[_processor_service_pb2.StatsResponse]]:
         """Queue, worker, counter, latency and provider statistics."""
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _processor_service_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_processor_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_processor_service_pb2.WatchEventsResponse]]:
+        """Streams provider events as they happen: failovers, breakers opening and
+        closing, health changes, recoveries, and all providers being down.
+        """
 
 def add_ProcessorServiceServicer_to_server(servicer: ProcessorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

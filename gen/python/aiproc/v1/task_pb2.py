@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61iproc/v1/task.proto\x12\taiproc.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x02\n\x08TaskSpec\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12%\n\x08priority\x18\x03 \x01(\x0e\x32\x13.aiproc.v1.Priority\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cinstructions\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x33\n\x08metadata\x18\x08 \x03(\x0b\x32!.aiproc.v1.TaskSpec.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\nTokenUsage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\r\x12\x15\n\routput_tokens\x18\x02 \x01(\r\"@\n\tTaskError\x12\"\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x14.aiproc.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x87\x04\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x18\n\x10\x65nhanced_content\x18\x04 \x01(\t\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x14.aiproc.v1.TaskError\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\r\x12$\n\x05usage\x18\t \x01(\x0b\x32\x15.aiproc.v1.TokenUsage\x12-\n\nqueue_time\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0fprocessing_time\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08trace_id\x18\x0c \x01(\t\x12#\n\x05state\x18\r \x01(\x0e\x32\x14.aiproc.v1.TaskState\x12\x30\n\x0c\x63ompleted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x08metadata\x18\x0f \x03(\x0b\x32#.aiproc.v1.TaskResult.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa9\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.aiproc.v1.TaskState\x12!\n\x04spec\x18\x03 \x01(\x0b\x32\x13.aiproc.v1.TaskSpec\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12%\n\x06result\x18\x08 \x01(\x0b\x32\x15.aiproc.v1.TaskResult*u\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x12\x15\n\x11PRIORITY_CRITICAL\x10\x04*\xa1\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_QUEUED\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11TASK_STATE_FAILED\x10\x04\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x05*\xc3\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x01\x12\x1d\n\x19\x45RROR_CODE_AUTHENTICATION\x10\x02\x12\x1b\n\x17\x45RROR_CODE_RATE_LIMITED\x10\x03\x12\x18\n\x14\x45RROR_CODE_TRANSIENT\x10\x04\x12\x16\n\x12\x45RROR_CODE_TIMEOUT\x10\x05\x12#\n\x1f\x45RROR_CODE_ALL_PROVIDERS_FAILED\x10\x06\x12\x18\n\x14\x45RROR_CODE_CANCELLED\x10\x07\x12\x17\n\x13\x45RROR_CODE_SHUTDOWN\x10\x08\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\t\x12\x1b\n\x17\x45RROR_CODE_BAD_RESPONSE\x10\nBE\n\rdev.aiproc.v1P\x01Z2github.com/aiproc/aiproc/gen/go/aiproc/v1;aiprocv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61iproc/v1/task.proto\x12\taiproc.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x02\n\x08TaskSpec\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12%\n\x08priority\x18\x03 \x01(\x0e\x32\x13.aiproc.v1.Priority\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cinstructions\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x33\n\x08metadata\x18\x08 \x03(\x0b\x32!.aiproc.v1.TaskSpec.MetadataEntry\x12\x18\n\x0bmax_retries\x18\t \x01(\rH\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_max_retries\"9\n\nTokenUsage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\r\x12\x15\n\routput_tokens\x18\x02 \x01(\r\"@\n\tTaskError\x12\"\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x14.aiproc.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xac\x04\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x18\n\x10\x65nhanced_content\x18\x04 \x01(\t\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x14.aiproc.v1.TaskError\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\r\x12$\n\x05usage\x18\t \x01(\x0b\x32\x15.aiproc.v1.TokenUsage\x12-\n\nqueue_time\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0fprocessing_time\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08trace_id\x18\x0c \x01(\t\x12#\n\x05state\x18\r \x01(\x0e\x32\x14.aiproc.v1.TaskState\x12\x30\n\x0c\x63ompleted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x08metadata\x18\x0f \x03(\x0b\x32#.aiproc.v1.TaskResult.MetadataEntry\x12#\n\x07history\x18\x10 \x03(\x0b\x32\x12.aiproc.v1.Attempt\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x01\n\x07\x41ttempt\x12\x10\n\x08provider\x18\x01 \x01(\t\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12#\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x14.aiproc.v1.TaskError\"\xa9\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.aiproc.v1.TaskState\x12!\n\x04spec\x18\x03 \x01(\x0b\x32\x13.aiproc.v1.TaskSpec\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12%\n\x06result\x18\x08 \x01(\x0b\x32\x15.aiproc.v1.TaskResult*u\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x12\x15\n\x11PRIORITY_CRITICAL\x10\x04*\xa1\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_QUEUED\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11TASK_STATE_FAILED\x10\x04\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x05*\xc3\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x01\x12\x1d\n\x19\x45RROR_CODE_AUTHENTICATION\x10\x02\x12\x1b\n\x17\x45RROR_CODE_RATE_LIMITED\x10\x03\x12\x18\n\x14\x45RROR_CODE_TRANSIENT\x10\x04\x12\x16\n\x12\x45RROR_CODE_TIMEOUT\x10\x05\x12#\n\x1f\x45RROR_CODE_ALL_PROVIDERS_FAILED\x10\x06\x12\x18\n\x14\x45RROR_CODE_CANCELLED\x10\x07\x12\x17\n\x13\x45RROR_CODE_SHUTDOWN\x10\x08\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\t\x12\x1b\n\x17\x45RROR_CODE_BAD_RESPONSE\x10\nBE\n\rdev.aiproc.v1P\x01Z2github.com/aiproc/aiproc/gen/go/aiproc/v1;aiprocv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,24 +38,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSPEC_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_TASKRESULT_METADATAENTRY']._loaded_options = None
   _globals['_TASKRESULT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_PRIORITY']._serialized_start=1337
-  _globals['_PRIORITY']._serialized_end=1454
-  _globals['_TASKSTATE']._serialized_start=1457
-  _globals['_TASKSTATE']._serialized_end=1618
-  _globals['_ERRORCODE']._serialized_start=1621
-  _globals['_ERRORCODE']._serialized_end=1944
+  _globals['_PRIORITY']._serialized_start=1576
+  _globals['_PRIORITY']._serialized_end=1693
+  _globals['_TASKSTATE']._serialized_start=1696
+  _globals['_TASKSTATE']._serialized_end=1857
+  _globals['_ERRORCODE']._serialized_start=1860
+  _globals['_ERRORCODE']._serialized_end=2183
   _globals['_TASKSPEC']._serialized_start=101
-  _globals['_TASKSPEC']._serialized_end=388
-  _globals['_TASKSPEC_METADATAENTRY']._serialized_start=341
-  _globals['_TASKSPEC_METADATAENTRY']._serialized_end=388
-  _globals['_TOKENUSAGE']._serialized_start=390
-  _globals['_TOKENUSAGE']._serialized_end=447
-  _globals['_TASKERROR']._serialized_start=449
-  _globals['_TASKERROR']._serialized_end=513
-  _globals['_TASKRESULT']._serialized_start=516
-  _globals['_TASKRESULT']._serialized_end=1035
-  _globals['_TASKRESULT_METADATAENTRY']._serialized_start=341
-  _globals['_TASKRESULT_METADATAENTRY']._serialized_end=388
-  _globals['_TASK']._serialized_start=1038
-  _globals['_TASK']._serialized_end=1335
+  _globals['_TASKSPEC']._serialized_end=430
+  _globals['_TASKSPEC_METADATAENTRY']._serialized_start=367
+  _globals['_TASKSPEC_METADATAENTRY']._serialized_end=414
+  _globals['_TOKENUSAGE']._serialized_start=432
+  _globals['_TOKENUSAGE']._serialized_end=489
+  _globals['_TASKERROR']._serialized_start=491
+  _globals['_TASKERROR']._serialized_end=555
+  _globals['_TASKRESULT']._serialized_start=558
+  _globals['_TASKRESULT']._serialized_end=1114
+  _globals['_TASKRESULT_METADATAENTRY']._serialized_start=367
+  _globals['_TASKRESULT_METADATAENTRY']._serialized_end=414
+  _globals['_ATTEMPT']._serialized_start=1117
+  _globals['_ATTEMPT']._serialized_end=1274
+  _globals['_TASK']._serialized_start=1277
+  _globals['_TASK']._serialized_end=1574
 # @@protoc_insertion_point(module_scope)

@@ -191,6 +191,7 @@ class TaskSpec(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    MAX_RETRIES_FIELD_NUMBER: _builtins.int
     url: _builtins.str
     """The address the content was extracted from. Required; an absolute
     http or https URL. Given to the model as context.
@@ -215,6 +216,11 @@ class TaskSpec(_message.Message):
     same client identity, while the first task is still known to the server,
     returns the first task instead of queuing a new one.
     """
+    max_retries: _builtins.int
+    """Retries after retryable provider errors (5xx, network errors) for this
+    task, replacing the server's processor.max_retries. Rate-limit waits do
+    not count. At most 20.
+    """
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """Upper bound on processing time, counted from when a worker starts the
@@ -237,12 +243,15 @@ class TaskSpec(_message.Message):
         model: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        max_retries: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "max_retries", b"max_retries", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "idempotency_key", b"idempotency_key", "instructions", b"instructions", "metadata", b"metadata", "model", b"model", "priority", b"priority", "timeout", b"timeout", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "content", b"content", "idempotency_key", b"idempotency_key", "instructions", b"instructions", "max_retries", b"max_retries", "metadata", b"metadata", "model", b"model", "priority", b"priority", "timeout", b"timeout", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
+    _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_retries) -> _WhichOneofReturnType__max_retries | None: ...
 
 Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
 
@@ -341,6 +350,7 @@ class TaskResult(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     COMPLETED_AT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The id QueueTask returned."""
     url: _builtins.str
@@ -387,6 +397,10 @@ class TaskResult(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The task's metadata, echoed."""
 
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
+        """Every provider call made for the task, in order."""
+
     def __init__(
         self,
         *,
@@ -405,14 +419,55 @@ class TaskResult(_message.Message):
         state: Global___TaskState.ValueType = ...,
         completed_at: _timestamp_pb2.Timestamp | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        history: _abc.Iterable[Global___Attempt] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "error", b"error", "processing_time", b"processing_time", "queue_time", b"queue_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "completed_at", b"completed_at", "enhanced_content", b"enhanced_content", "error", b"error", "metadata", b"metadata", "model", b"model", "processing_time", b"processing_time", "provider", b"provider", "queue_time", b"queue_time", "state", b"state", "success", b"success", "task_id", b"task_id", "trace_id", b"trace_id", "url", b"url", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "completed_at", b"completed_at", "enhanced_content", b"enhanced_content", "error", b"error", "history", b"history", "metadata", b"metadata", "model", b"model", "processing_time", b"processing_time", "provider", b"provider", "queue_time", b"queue_time", "state", b"state", "success", b"success", "task_id", b"task_id", "trace_id", b"trace_id", "url", b"url", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskResult: _TypeAlias = TaskResult  # noqa: Y015
+
+@_typing.final
+class Attempt(_message.Message):
+    """One provider call made for a task."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """The provider called."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the call started."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """How long it took."""
+
+    @_builtins.property
+    def error(self) -> Global___TaskError:
+        """Unset when the call succeeded; otherwise why it failed."""
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        error: Global___TaskError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error", "provider", b"provider", "started_at", b"started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Attempt: _TypeAlias = Attempt  # noqa: Y015
 
 @_typing.final
 class Task(_message.Message):

@@ -1,0 +1,221 @@
+"""Which provider takes the next call, and what each call's outcome does to the providers.
+
+The manager applies the policies (breaker, health, quota pauses, selection
+strategy, failback) to the provider slots. It never sleeps: when no provider
+can take a call it says how long to wait, and the runner waits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from aiproc.server.core.errors import InvalidRequest, ProviderError
+from aiproc.server.core.events import EventBus, EventKind, ProviderEvent
+from aiproc.server.core.provider_pool import ProviderSlot
+from aiproc.server.resilience.breaker import BreakerState, Permit
+from aiproc.server.resilience.clock import Clock
+from aiproc.server.resilience.health import HealthLevel
+from aiproc.server.resilience.selection import Selector
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to make one call to `slot` (a breaker permit, when breakers are on)."""
+
+    slot: ProviderSlot
+    permit: Permit | None
+
+
+@dataclass(frozen=True, slots=True)
+class NoProvider:
+    """No provider can take a call now."""
+
+    wait: float | None
+    """Seconds until one may (a pause ending); None when only time will tell."""
+    reasons: str
+    """Each provider's reason, e.g. "primary: circuit open; backup: paused 1.5s"."""
+
+
+class FailoverManager:
+    """Chooses providers by strategy among the eligible ones and records call outcomes."""
+
+    def __init__(
+        self,
+        slots: Sequence[ProviderSlot],
+        selector: Selector,
+        *,
+        health_checks: bool,
+        clock: Clock,
+        events: EventBus,
+    ) -> None:
+        if not slots:
+            raise ValueError("at least one provider is required")
+        self.slots = list(slots)
+        self._by_name = {slot.name: slot for slot in self.slots}
+        self._selector = selector
+        # Without active checks nothing could ever bring an UNAVAILABLE provider
+        # back, so then health only ranks providers and never excludes them.
+        self._health_excludes = health_checks
+        self._clock = clock
+        self._events = events
+        self._all_down = False
+
+    def choose(self, avoid: Collection[str] = ()) -> Lease | NoProvider:
+        """A lease on the best eligible provider, preferring those not in `avoid`.
+
+        Providers in `avoid` (those that already failed this task) are used only
+        when no other is eligible. A provider with free capacity beats a busier
+        one ranked higher; when all are busy the best one is leased and the
+        caller waits for its capacity.
+        """
+        now = self._clock.monotonic()
+        self._end_failbacks(now)
+        eligible: list[ProviderSlot] = []
+        blocked: list[tuple[float | None, str]] = []
+        for slot in self.slots:
+            reason, wait = self._blocked(slot, now)
+            if reason:
+                blocked.append((wait, f"{slot.name}: {reason}"))
+            else:
+                eligible.append(slot)
+        if eligible:
+            lease = self._lease(self._ranked(eligible, avoid, now), now)
+            if lease is not None:
+                self._all_down = False
+                return lease
+        waits = [w for w, _ in blocked if w is not None]
+        reasons = "; ".join(r for _, r in blocked) or "every provider is busy probing"
+        if not self._all_down:
+            self._all_down = True
+            self._events.publish(
+                ProviderEvent(EventKind.ALL_PROVIDERS_DOWN, at=self._clock.wall(), reason=reasons)
+            )
+        return NoProvider(min(waits) if waits else None, reasons)
+
+    def has_alternative(self, exclude: str) -> bool:
+        """Whether a provider other than `exclude` could take a call now."""
+        now = self._clock.monotonic()
+        return any(s.name != exclude and not self._blocked(s, now)[0] for s in self.slots)
+
+    def _blocked(self, slot: ProviderSlot, now: float) -> tuple[str, float | None]:
+        """Why `slot` cannot take a call now ("" if it can), and for how long if known."""
+        if not slot.config.enabled:
+            return "disabled", None
+        if slot.breaker is not None:
+            state = slot.breaker.state(now)
+            if state is BreakerState.OPEN:
+                return "circuit open", None
+            if state is BreakerState.HALF_OPEN and (
+                slot.breaker.probes_in_flight >= slot.breaker.settings.half_open_max_probes
+            ):
+                return "circuit half-open, probes in flight", None
+        paused = slot.quota.paused_for(now)
+        if paused > 0:
+            return f"paused {paused:.1f}s (rate limited)", paused
+        if self._health_excludes and slot.health.level(now) is HealthLevel.UNAVAILABLE:
+            return "unavailable (health checks failing)", None
+        return "", None
+
+    def _ranked(
+        self, eligible: list[ProviderSlot], avoid: Collection[str], now: float
+    ) -> list[ProviderSlot]:
+        fresh = [slot for slot in eligible if slot.name not in avoid] or eligible
+        candidates = [
+            slot.candidate(now, sticky_unavailable=self._health_excludes) for slot in fresh
+        ]
+        ranked = [self._by_name[name] for name in self._selector.rank(candidates)]
+        # A half-open provider goes first, so its probes happen and it can close
+        # again (the reference filtered it out for good). A provider just back
+        # waits out its failback delay at the end of the line, so traffic
+        # returns to it only once it has held.
+        return sorted(ranked, key=lambda s: (not s.probing(now), s.failback_until > now))
+
+    def _lease(self, ranked: list[ProviderSlot], now: float) -> Lease | None:
+        with_room = [s for s in ranked if s.in_flight < s.config.max_concurrent_requests]
+        for slot in with_room or ranked:
+            if slot.breaker is None:
+                return Lease(slot, None)
+            permit = slot.breaker.allow(now)
+            if permit is not None:
+                return Lease(slot, permit)
+        return None
+
+    def _end_failbacks(self, now: float) -> None:
+        for slot in self.slots:
+            if slot.failback_until and now >= slot.failback_until:
+                slot.failback_until = 0.0
+                self._events.publish(
+                    ProviderEvent(
+                        EventKind.FAILBACK,
+                        at=self._clock.wall(),
+                        provider=slot.name,
+                        reason="failback delay passed",
+                    )
+                )
+
+    # -- outcomes --------------------------------------------------------------
+
+    def succeeded(self, lease: Lease, latency: float) -> None:
+        now = self._clock.monotonic()
+        slot = lease.slot
+        slot.requests += 1
+        slot.latency.update(latency)
+        slot.errors.add(now, ok=True)
+        slot.record_health(now, ok=True)
+        if slot.breaker is not None and lease.permit is not None:
+            slot.breaker.record_success(now, lease.permit)
+
+    def failed(self, lease: Lease, error: ProviderError) -> None:
+        """A failed call; a request the provider rightly refused says nothing about its health."""
+        now = self._clock.monotonic()
+        slot = lease.slot
+        slot.requests += 1
+        if isinstance(error, InvalidRequest):
+            self.released(lease)
+            return
+        slot.failures += 1
+        slot.errors.add(now, ok=False)
+        slot.record_health(now, ok=False)
+        if slot.breaker is not None and lease.permit is not None:
+            slot.breaker.record_failure(now, lease.permit)
+
+    def rate_limited(self, lease: Lease, pause: float, reason: str) -> None:
+        """The provider asked us to wait: no call to it starts for `pause` seconds."""
+        now = self._clock.monotonic()
+        slot = lease.slot
+        slot.requests += 1
+        slot.rate_limited += 1
+        slot.quota.pause(now, pause)
+        self.released(lease)
+        self._events.publish(
+            ProviderEvent(
+                EventKind.PAUSED,
+                at=self._clock.wall(),
+                provider=slot.name,
+                reason=f"{reason}; pausing {pause:.2f}s",
+            )
+        )
+
+    def released(self, lease: Lease) -> None:
+        """The call ended with no verdict on the provider (cancelled, refused as invalid)."""
+        if lease.slot.breaker is not None and lease.permit is not None:
+            lease.slot.breaker.release(self._clock.monotonic(), lease.permit)
+
+    def failed_over(self, task_id: str, source: str, target: str, reason: str) -> None:
+        self._events.publish(
+            ProviderEvent(
+                EventKind.FAILOVER,
+                at=self._clock.wall(),
+                provider=source,
+                to_provider=target,
+                reason=reason,
+                task_id=task_id,
+            )
+        )
+
+    def slot(self, name: str) -> ProviderSlot:
+        return self._by_name[name]
+
+    def __repr__(self) -> str:
+        return f"<FailoverManager {self._selector.strategy} over {[s.name for s in self.slots]}>"

@@ -1,0 +1,133 @@
+"""One HTTP request to a vendor API, bounded in time and size, with transport failures mapped.
+
+    read/write/pool timeout, deadline      ProviderTimeout
+    other network errors                   TransientError
+    a body over 8 MiB                      BadResponse
+
+HTTP error statuses are not raised here: the vendor module reads them, since
+only it knows where its API puts the details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from aiproc.server.core.errors import BadResponse, ProviderError, ProviderTimeout, TransientError
+from aiproc.server.providers._http_errors import Redactor, json_object
+
+# A completion is kilobytes; a body this large is a broken server or proxy.
+_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+def capped(seconds: float, cap: float | None) -> float:
+    """`seconds`, but no more than `cap` when there is one."""
+    return seconds if cap is None else min(seconds, cap)
+
+
+class Exchange:
+    """Sends requests for one provider through an HTTP client it shares but does not own."""
+
+    def __init__(self, *, provider: str, client: httpx.AsyncClient, redactor: Redactor) -> None:
+        self._provider = provider
+        self._client = client
+        self._redactor = redactor
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        seconds: float,
+        json: dict[str, Any] | None = None,
+    ) -> Reply:
+        """Sends one request and reads the whole answer within `seconds`."""
+        try:
+            # The transport's own timeouts are per phase; this bounds the whole call.
+            async with asyncio.timeout(seconds):
+                return await self._send(method, url, headers, json, seconds)
+        except TimeoutError:
+            raise ProviderTimeout(
+                f"{self._provider}: no answer within {seconds:g}s", provider=self._provider
+            ) from None
+        except httpx.TransportError as exc:
+            raise self._network_error(exc) from exc
+
+    async def get_json(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str],
+        seconds: float,
+        error: Callable[[Reply], ProviderError],
+    ) -> dict[str, Any]:
+        """GETs `url` and returns its JSON object; raises `error(reply)` for an error status
+        and BadResponse for a body that is not a JSON object."""
+        reply = await self.send("GET", url, headers=headers, seconds=seconds)
+        if not reply.ok:
+            raise error(reply)
+        data = json_object(reply.body)
+        if data is None:
+            raise BadResponse(
+                f"{self._provider}: HTTP {reply.status}: the answer is not a JSON object",
+                provider=self._provider,
+            )
+        return data
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        payload: dict[str, Any] | None,
+        seconds: float,
+    ) -> Reply:
+        # No pool timeout: waiting for our own pool is bounded by the deadline
+        # above and must not pass for the provider being slow or down.
+        async with self._client.stream(
+            method,
+            url,
+            json=payload,
+            headers=headers,
+            timeout=httpx.Timeout(seconds, pool=None),
+        ) as response:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > _MAX_BODY_BYTES:
+                    raise BadResponse(
+                        f"{self._provider}: HTTP {response.status_code}: body larger than "
+                        f"{_MAX_BODY_BYTES} bytes",
+                        provider=self._provider,
+                    )
+                chunks.append(chunk)
+        return Reply(response.status_code, response.headers, b"".join(chunks))
+
+    def _network_error(self, exc: httpx.TransportError) -> ProviderError:
+        detail = self._redactor.excerpt(str(exc)) or type(exc).__name__
+        # ConnectTimeout is not here: httpx_aiohttp raises it for resets and refusals.
+        if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout | httpx.PoolTimeout):
+            return ProviderTimeout(
+                f"{self._provider}: timed out: {detail}", provider=self._provider
+            )
+        return TransientError(f"{self._provider}: network error: {detail}", provider=self._provider)
+
+    def __repr__(self) -> str:
+        return f"<Exchange provider={self._provider!r}>"

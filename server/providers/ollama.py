@@ -1,0 +1,169 @@
+"""A Provider for Ollama's native chat API (POST /api/chat, not streamed).
+
+Ollama needs no key; a Bearer header is sent only when one is configured,
+for a proxy in front of it. Each request sets `num_ctx` to the provider's
+context window: without it Ollama uses its own small default and silently
+drops the start of a longer prompt, system prompt included. HTTP outcomes
+become domain errors as `_http_errors` describes; Ollama's errors are
+`{"error": "..."}`, e.g. 404 "model 'x' not found" (InvalidRequest).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from aiproc.server.core.errors import BadResponse, InvalidRequest, ProviderError
+from aiproc.server.core.models import TokenUsage
+from aiproc.server.providers._exchange import Exchange, Reply, capped
+from aiproc.server.providers._http_errors import (
+    URL_USERINFO,
+    Redactor,
+    error_for_status,
+    error_message,
+    json_object,
+    retry_after_seconds,
+    token_count,
+)
+from aiproc.server.providers.base import Completion, CompletionRequest
+
+DEFAULT_CONTEXT_WINDOW = 8192
+"""The window used when the config gives none: Ollama's is what its host's memory holds, not
+what the model could take, and 8K fits a small GPU."""
+
+
+class OllamaProvider:
+    """One Ollama server and model, called through an HTTP client it shares but does not own."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        base_url: str,
+        model: str,
+        context_window: int,
+        http_client: httpx.AsyncClient,
+        api_key: str | None = None,
+        request_timeout: float | None = None,
+    ) -> None:
+        """`request_timeout` caps each call's own timeout, in seconds; None means no cap."""
+        self._name = name
+        self._base_url = base_url.rstrip("/")
+        self._model = model
+        self._context_window = context_window
+        self._request_timeout = request_timeout
+        self._redactor = Redactor((api_key,) if api_key else ())
+        self._exchange = Exchange(provider=name, client=http_client, redactor=self._redactor)
+        self._headers = {"Accept": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def kind(self) -> str:
+        return "ollama"
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def context_window(self) -> int:
+        return self._context_window
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """POSTs one chat turn; raises a ProviderError subclass on any failure."""
+        model = request.model or self._model
+        payload: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "stream": False,
+            "options": {
+                "num_predict": request.max_tokens,
+                "temperature": request.temperature,
+                "num_ctx": self._context_window,
+            },
+        }
+        reply = await self._exchange.send(
+            "POST",
+            f"{self._base_url}/api/chat",
+            headers=self._headers,
+            json=payload,
+            seconds=capped(request.timeout, self._request_timeout),
+        )
+        if not reply.ok:
+            raise self._error(reply)
+        return self._completion(reply.body, model)
+
+    async def check_health(self, timeout: float) -> None:  # noqa: ASYNC109
+        """GETs the local models and checks the model is among them; else raises a ProviderError."""
+        data = await self._exchange.get_json(
+            f"{self._base_url}/api/tags", headers=self._headers, seconds=timeout, error=self._error
+        )
+        models = data.get("models")
+        if not isinstance(models, list):
+            raise BadResponse(f"{self._name}: the model list has no models", provider=self._name)
+        names = {
+            _tagged(entry.get(key))
+            for entry in models
+            if isinstance(entry, dict)
+            for key in ("name", "model")
+            if isinstance(entry.get(key), str)
+        }
+        # Every completion would fail with 404 until someone runs `ollama pull`.
+        if _tagged(self._model) not in names:
+            raise InvalidRequest(
+                f"{self._name}: model {self._model!r} is not pulled on this Ollama server",
+                provider=self._name,
+            )
+
+    async def aclose(self) -> None:
+        """Leaves the shared HTTP client open: its owner closes it."""
+
+    def __repr__(self) -> str:
+        base_url = URL_USERINFO.sub("***@", self._base_url)
+        return f"<OllamaProvider name={self._name!r} model={self._model!r} base_url={base_url!r}>"
+
+    def _error(self, reply: Reply) -> ProviderError:
+        return error_for_status(
+            reply.status,
+            self._redactor.excerpt(error_message(reply.body)),
+            provider=self._name,
+            retry_after=retry_after_seconds(reply.headers, now=time.time()),
+        )
+
+    def _completion(self, body: bytes, model: str) -> Completion:
+        data = json_object(body)
+        if data is None:
+            raise BadResponse(f"{self._name}: the answer is not a JSON object", provider=self._name)
+        message = data.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        done_reason = data.get("done_reason")
+        done_reason = done_reason if isinstance(done_reason, str) else ""
+        if not isinstance(content, str) or not content.strip():
+            detail = self._redactor.excerpt(error_message(body)) if "error" in data else ""
+            raise BadResponse(
+                f"{self._name}: the answer has no content (done_reason={done_reason or '?'})"
+                + (f": {detail}" if detail else ""),
+                provider=self._name,
+            )
+        answered_by = data.get("model")
+        return Completion(
+            content=content,
+            model=answered_by if isinstance(answered_by, str) and answered_by else model,
+            usage=TokenUsage(
+                token_count(data.get("prompt_eval_count")), token_count(data.get("eval_count"))
+            ),
+            finish_reason=done_reason,
+        )
+
+
+def _tagged(name: object) -> str:
+    """A model name with its tag: Ollama reads "llama3.1" as "llama3.1:latest"."""
+    text = str(name)
+    return text if ":" in text.rsplit("/", 1)[-1] else f"{text}:latest"
