@@ -59,3 +59,9 @@ protos: $(STAMP)
 
 clean:
 	rm -rf $(VENV) node_modules examples/node/node_modules build .mypy_cache .ruff_cache .pytest_cache
+
+.PHONY: bench
+
+## Measures what tracing costs: tasks/s with telemetry off and on (bench/results/tracing.json).
+bench: $(STAMP)
+	$(BIN)/python bench/tracing_overhead.py

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Self, TypeVar
 
 import grpc
 
+from aiproc.client import tracing
 from aiproc.client._convert import (
     queued_from_proto,
     spec_to_proto,
@@ -242,7 +243,9 @@ class AsyncClient:
         if self._closed:
             raise RuntimeError("the client is closed")
         if self._service is None:
-            self._channel = grpc.aio.insecure_channel(self.target)
+            self._channel = grpc.aio.insecure_channel(
+                self.target, interceptors=tracing.interceptors()
+            )
             self._service = pb_grpc.ProcessorServiceStub(self._channel)
         return self._service
 

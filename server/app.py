@@ -18,9 +18,12 @@ from aiproc.server.api.servicer import ProcessorServicer
 from aiproc.server.config import Config, ProviderConfig
 from aiproc.server.core.processor import Processor
 from aiproc.server.providers.base import Provider
-from aiproc.server.providers.registry import ProviderSet, build_providers
+from aiproc.server.providers.http import create_http_client
+from aiproc.server.providers.registry import build_providers
 from aiproc.server.resilience.clock import Clock
 from aiproc.server.store.memory import MemoryStore
+from aiproc.server.telemetry.logs import configure_logging
+from aiproc.server.telemetry.setup import Telemetry
 from aiproc.v1 import processor_service_pb2, processor_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -39,9 +42,9 @@ class AiprocServer:
         config: Config,
         grpc_server: grpc.aio.Server,
         processor: Processor,
-        providers: ProviderSet | None,
         health_servicer: health.aio.HealthServicer,
         port: int,
+        owned: contextlib.AsyncExitStack,
     ) -> None:
         self.config = config
         self.processor = processor
@@ -49,8 +52,8 @@ class AiprocServer:
         host = config.server.listen.rpartition(":")[0]
         self.address = f"{host}:{port}"
         self._grpc = grpc_server
-        self._providers = providers
         self._health = health_servicer
+        self._owned = owned
         self._stopped = asyncio.Event()
         self._stopping = False
 
@@ -62,29 +65,41 @@ class AiprocServer:
         providers: Sequence[Provider] | None = None,
         env: Mapping[str, str] | None = None,
         clock: Clock | None = None,
+        telemetry: Telemetry | None = None,
     ) -> AiprocServer:
-        """Builds everything from config and starts serving.
+        """Builds everything from config and starts serving; on failure, closes what it opened.
 
         `providers` replaces the configured ones (tests inject their own); each
         takes its settings from the [[providers]] entry of the same name, if any.
+        `telemetry` replaces the one the config describes; the server shuts it
+        down when it stops, either way.
         """
-        provider_set: ProviderSet | None = None
-        if providers is None:
-            provider_set = build_providers(
-                config.providers, config.processor, env=os.environ if env is None else env
-            )
-            entries = [(p, provider_set.config(p.name)) for p in provider_set.providers]
-        else:
-            configured = {p.name: p for p in config.providers}
-            entries = [
-                (p, configured.get(p.name) or ProviderConfig(name=p.name, kind=p.kind))
-                for p in providers
-            ]
+        env = os.environ if env is None else env
+        owned = contextlib.AsyncExitStack()
         try:
-            return await cls._assemble(config, entries, provider_set, clock)
+            if telemetry is None:
+                telemetry = Telemetry.start(config.telemetry, env=env)
+            # Flushing may wait on a slow collector: off the event loop.
+            owned.push_async_callback(asyncio.to_thread, telemetry.shutdown)
+            if providers is None:
+                http_client = create_http_client(
+                    max_connections=config.processor.max_concurrent_requests
+                )
+                owned.push_async_callback(http_client.aclose)
+                telemetry.instrument_httpx(http_client)
+                provider_set = build_providers(
+                    config.providers, config.processor, env=env, http_client=http_client
+                )
+                entries = [(p, provider_set.config(p.name)) for p in provider_set.providers]
+            else:
+                configured = {p.name: p for p in config.providers}
+                entries = [
+                    (p, configured.get(p.name) or ProviderConfig(name=p.name, kind=p.kind))
+                    for p in providers
+                ]
+            return await cls._assemble(config, entries, clock, telemetry, owned)
         except BaseException:
-            if provider_set is not None:
-                await provider_set.aclose()
+            await owned.aclose()
             raise
 
     @classmethod
@@ -92,16 +107,18 @@ class AiprocServer:
         cls,
         config: Config,
         providers: Sequence[tuple[Provider, ProviderConfig]],
-        provider_set: ProviderSet | None,
         clock: Clock | None,
+        telemetry: Telemetry,
+        owned: contextlib.AsyncExitStack,
     ) -> AiprocServer:
         store = MemoryStore(retention=config.server.result_ttl)
-        processor = Processor(config, store, providers, clock=clock)
+        owned.push_async_callback(store.close)
+        processor = Processor(config, store, providers, clock=clock, telemetry=telemetry)
         grpc_server = grpc.aio.server()
-        processor_service_pb2_grpc.add_ProcessorServiceServicer_to_server(
-            ProcessorServicer(processor, max_content_bytes=config.server.max_content_bytes),
-            grpc_server,
+        servicer = ProcessorServicer(
+            processor, max_content_bytes=config.server.max_content_bytes, tracer=telemetry.tracer
         )
+        processor_service_pb2_grpc.add_ProcessorServiceServicer_to_server(servicer, grpc_server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
         if config.server.reflection:
@@ -117,7 +134,7 @@ class AiprocServer:
         serving = health_pb2.HealthCheckResponse.SERVING
         await health_servicer.set(SERVICE_NAME, serving)
         await health_servicer.set("", serving)
-        server = cls(config, grpc_server, processor, provider_set, health_servicer, port)
+        server = cls(config, grpc_server, processor, health_servicer, port, owned)
         log.info("aiproc serving on %s with %r", server.address, processor)
         return server
 
@@ -127,7 +144,8 @@ class AiprocServer:
         1. health says NOT_SERVING, so balancers stop sending work;
         2. QueueTask answers UNAVAILABLE; queued tasks end with code SHUTDOWN;
         3. running tasks get `grace` seconds (default server.shutdown_grace);
-        4. result streams end after sending what they hold; the gRPC server stops.
+        4. result streams end after sending what they hold; the gRPC server stops;
+        5. HTTP connections close, and spans and metrics are flushed.
         """
         if self._stopping:
             await self._stopped.wait()
@@ -137,9 +155,7 @@ class AiprocServer:
         await self._health.enter_graceful_shutdown()
         await self.processor.shutdown(grace)
         await self._grpc.stop(grace=min(grace, 1.0))
-        if self._providers is not None:
-            await self._providers.aclose()
-        await self.processor.store.close()
+        await self._owned.aclose()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -149,19 +165,9 @@ class AiprocServer:
         return f"<AiprocServer {self.address} {self.processor!r}>"
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request at INFO: far too loud for a service making thousands.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
 async def serve(config: Config) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.telemetry.log_format)
     server = await AiprocServer.start(config)
     print(f"aiproc: serving on {server.address}", flush=True)
     stop = asyncio.Event()

@@ -208,6 +208,33 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """Tracing, metrics and log format. The standard OTEL_* environment variables win
+    over the values here (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_ENDPOINT, ...)."""
+
+    enabled: bool = False
+    """Export traces and metrics over OTLP. Also on when OTEL_EXPORTER_OTLP_ENDPOINT (or
+    _TRACES_ENDPOINT) is set; OTEL_SDK_DISABLED=true turns everything off. Default false."""
+    service_name: str = "aiproc"
+    """service.name of every span and metric. Default aiproc."""
+    otlp_endpoint: str = ""
+    """Where to send OTLP, e.g. http://127.0.0.1:4317; empty means the exporter's default."""
+    otlp_protocol: str = "grpc"
+    """grpc or http/protobuf. Default grpc."""
+    sampler_ratio: float = 1.0
+    """Share of new traces sampled (parent-based); a caller's sampled trace is always kept.
+    Default 1.0."""
+    record_content: bool = False
+    """Put prompt and completion text on spans. Default false. Keys are never recorded."""
+    prometheus_listen: str = ""
+    """host:port of a Prometheus scrape endpoint (/metrics); empty means none."""
+    metrics_interval: float = 10.0
+    """Seconds between OTLP metric exports. Default 10s."""
+    log_format: str = "text"
+    """text or json (one object per line, with trace_id and span_id). Default text."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = ServerConfig()
     processor: ProcessorConfig = ProcessorConfig()
@@ -215,6 +242,7 @@ class Config:
     failover: FailoverConfig = FailoverConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     health: HealthConfig = HealthConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     log_level: str = "INFO"
 
 
@@ -246,6 +274,7 @@ _DURATION_FIELDS = {
     "recovery_timeout",
     "check_interval",
     "timeout",
+    "metrics_interval",
 }
 
 
@@ -396,6 +425,25 @@ def _validate_breaker(cfg: CircuitBreakerConfig) -> None:
                 raise ConfigError(f"circuit_breaker.{name}", "required with preset = custom")
 
 
+def _validate_telemetry(cfg: TelemetryConfig) -> None:
+    if cfg.otlp_protocol not in ("grpc", "http/protobuf"):
+        raise ConfigError("telemetry.otlp_protocol", "must be grpc or http/protobuf")
+    if cfg.otlp_endpoint and not cfg.otlp_endpoint.startswith(("http://", "https://")):
+        raise ConfigError("telemetry.otlp_endpoint", "must be an http:// or https:// URL")
+    if not 0.0 <= cfg.sampler_ratio <= 1.0:
+        raise ConfigError("telemetry.sampler_ratio", "must be between 0 and 1")
+    if cfg.prometheus_listen:
+        host, sep, port = cfg.prometheus_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError("telemetry.prometheus_listen", "expected HOST:PORT")
+    if cfg.metrics_interval <= 0:
+        raise ConfigError("telemetry.metrics_interval", "must be positive")
+    if cfg.log_format not in ("text", "json"):
+        raise ConfigError("telemetry.log_format", "must be text or json")
+    if not cfg.service_name:
+        raise ConfigError("telemetry.service_name", "must not be empty")
+
+
 def _validate_health(cfg: HealthConfig) -> None:
     if cfg.check_interval <= 0:
         raise ConfigError("health.check_interval", "must be positive")
@@ -446,7 +494,15 @@ def load_config(
             raise ConfigError("config", f"file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
-    known_sections = {"server", "processor", "providers", "failover", "circuit_breaker", "health"}
+    known_sections = {
+        "server",
+        "processor",
+        "providers",
+        "failover",
+        "circuit_breaker",
+        "health",
+        "telemetry",
+    }
     unknown = set(raw) - known_sections - {"log_level"}
     if unknown:
         raise ConfigError(sorted(unknown)[0], "unknown section")
@@ -458,6 +514,7 @@ def load_config(
         ("failover", FailoverConfig),
         ("circuit_breaker", CircuitBreakerConfig),
         ("health", HealthConfig),
+        ("telemetry", TelemetryConfig),
     ):
         merged = dict(raw.get(name, {})) if isinstance(raw.get(name, {}), Mapping) else raw[name]
         if isinstance(merged, dict):
@@ -482,6 +539,7 @@ def load_config(
         failover=sections["failover"],
         circuit_breaker=sections["circuit_breaker"],
         health=sections["health"],
+        telemetry=sections["telemetry"],
         log_level=log_level,
     )
     validate(config)
@@ -495,6 +553,7 @@ def validate(config: Config) -> None:
     _validate_failover(config.failover)
     _validate_breaker(config.circuit_breaker)
     _validate_health(config.health)
+    _validate_telemetry(config.telemetry)
     seen: set[str] = set()
     for index, provider in enumerate(config.providers):
         _validate_provider(index, provider)

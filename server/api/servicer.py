@@ -8,13 +8,16 @@ import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 
 import grpc
+from opentelemetry.trace import NoOpTracer, Span, SpanKind, Tracer
 
 from aiproc.server.api import convert
 from aiproc.server.api.status import Context, abort_with, unary_rpc
+from aiproc.server.api.tracing import SERVICE
 from aiproc.server.core.errors import AiprocError, InvalidArgument, NotFound
 from aiproc.server.core.hub import Subscription
 from aiproc.server.core.models import TaskResult
 from aiproc.server.core.processor import Processor
+from aiproc.server.telemetry.propagation import context_from_metadata
 from aiproc.v1 import processor_service_pb2 as pb
 from aiproc.v1 import processor_service_pb2_grpc as pb_grpc
 
@@ -39,9 +42,16 @@ def client_id_of(context: Context) -> str:
 
 
 class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
-    def __init__(self, processor: Processor, *, max_content_bytes: int) -> None:
+    def __init__(
+        self, processor: Processor, *, max_content_bytes: int, tracer: Tracer | None = None
+    ) -> None:
         self._processor = processor
         self._max_content_bytes = max_content_bytes
+        self._tracer = tracer or NoOpTracer()
+
+    @property
+    def tracer(self) -> Tracer:
+        return self._tracer
 
     @unary_rpc
     async def QueueTask(
@@ -79,6 +89,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: Context
     ) -> AsyncIterator[pb.WatchEventsResponse]:
+        span = self._stream_span("WatchEvents", context)
         watch = self._processor.events.watch()
         # Initial metadata tells the caller it is watching: any event from now on reaches it.
         await context.send_initial_metadata(())
@@ -87,6 +98,20 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
                 yield pb.WatchEventsResponse(event=convert.event_pb(event))
         finally:
             self._processor.events.unwatch(watch)
+            span.end()
+
+    def _stream_span(self, method: str, context: Context) -> Span:
+        """A server span for a streaming call, ended by the caller.
+
+        Not made current: the generator is resumed step by step, and a context
+        attached in one step cannot be detached in another.
+        """
+        return self._tracer.start_span(
+            f"{SERVICE}/{method}",
+            context=context_from_metadata(context.invocation_metadata()),
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method},
+        )
 
     async def StreamResults(
         self,
@@ -103,6 +128,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
             client_id = client_id_of(context)
         except AiprocError as exc:
             await abort_with(context, exc)
+        span = self._stream_span("StreamResults", context)
         subscription = self._processor.hub.open(client_id)
         failure: list[AiprocError] = []
         reader = asyncio.create_task(
@@ -121,6 +147,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             self._processor.hub.discard(subscription)
+            span.end()
 
     async def _read_requests(
         self,

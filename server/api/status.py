@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
+from opentelemetry.trace import Tracer
 
+from aiproc.server.api.tracing import record_status, server_span
 from aiproc.server.core.errors import (
     AiprocError,
     FailedPrecondition,
@@ -21,7 +23,7 @@ from aiproc.server.core.errors import (
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
-_S = TypeVar("_S")
+_S = TypeVar("_S", bound="Traced")
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
@@ -48,23 +50,32 @@ async def abort_with(context: Context, error: BaseException) -> NoReturn:
     server log has them.
     """
     if isinstance(error, AiprocError):
-        await context.abort(status_for(error), str(error))
-    log.error("internal error in RPC", exc_info=error)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        code, message = status_for(error), str(error)
+    else:
+        log.error("internal error in RPC", exc_info=error)
+        code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
+    record_status(code, message)
+    await context.abort(code, message)
+
+
+class Traced(Protocol):
+    @property
+    def tracer(self) -> Tracer: ...
 
 
 def unary_rpc(
     method: Callable[[_S, _Req, Context], Awaitable[_Resp]],
 ) -> Callable[[_S, _Req, Context], Coroutine[Any, Any, _Resp]]:
-    """Wraps a unary servicer method so every error leaves through `abort_with`."""
+    """Wraps a unary servicer method in a server span; every error leaves through `abort_with`."""
 
     @functools.wraps(method)
     async def guarded(self: _S, request: _Req, context: Context) -> _Resp:
-        try:
-            return await method(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await abort_with(context, exc)
+        with server_span(self.tracer, method.__name__, context):
+            try:
+                return await method(self, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await abort_with(context, exc)
 
     return guarded

@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from opentelemetry import trace
+
 DEFAULT_BUFFER = 1024
 
 
@@ -75,9 +77,19 @@ class EventBus:
         self.counts: Counter[EventKind] = Counter()
 
     def publish(self, event: ProviderEvent) -> None:
+        """Counts the event, hands it to every watcher, and notes it on the current span
+        (a breaker trip or failover then shows in the trace of the task that caused it)."""
         self.counts[event.kind] += 1
         for watch in self._watches:
             watch.offer(event)
+        span = trace.get_current_span()
+        if span.is_recording():
+            attributes = {"aiproc.provider": event.provider, "aiproc.reason": event.reason}
+            if event.to_provider:
+                attributes["aiproc.to_provider"] = event.to_provider
+            if event.health:
+                attributes["aiproc.health"] = event.health
+            span.add_event(f"aiproc.{event.kind.value}", attributes)
 
     def watch(self) -> EventWatch:
         watch = EventWatch(self, self._buffer)

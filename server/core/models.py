@@ -136,6 +136,8 @@ class Task:
     result: TaskResult | None = None
     sequence: int = 0
     """Acceptance order, for FIFO within a priority level."""
+    trace_context: Mapping[str, str] = field(default_factory=dict)
+    """The W3C trace context (traceparent, tracestate) the task was queued in."""
 
 
 class ProgressKind(enum.Enum):

@@ -14,6 +14,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 
+from opentelemetry.metrics import NoOpMeter
+from opentelemetry.trace import NoOpTracer, Span, Status, StatusCode
+
 from aiproc.server.config import Config, ProviderConfig
 from aiproc.server.core.errors import FailedPrecondition, NotFound, QueueFull, ShuttingDown
 from aiproc.server.core.events import EventBus
@@ -41,8 +44,22 @@ from aiproc.server.resilience.clock import Clock, SystemClock
 from aiproc.server.resilience.rate_limiter import RateLimiter
 from aiproc.server.resilience.selection import Selector
 from aiproc.server.store.base import TaskStore
+from aiproc.server.telemetry.metrics import Metrics
+from aiproc.server.telemetry.propagation import extract, inject_current
+from aiproc.server.telemetry.setup import Telemetry
 
 log = logging.getLogger(__name__)
+
+
+def _nanos(epoch_seconds: float) -> int:
+    return int(epoch_seconds * 1e9)
+
+
+def _trace_id(span: Span) -> str:
+    """The span's trace id in hex, or "" when the span is not recorded."""
+    context = span.get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else ""
+
 
 EXPIRY_INTERVAL = 30.0
 
@@ -58,8 +75,10 @@ class Processor:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.config = config.processor
+        self._tracer = telemetry.tracer if telemetry is not None else NoOpTracer()
         self.store = store
         self.clock = clock or SystemClock()
         self.queue = TaskQueue(self.config.queue_size)
@@ -79,6 +98,11 @@ class Processor:
             clock=self.clock,
             events=self.events,
         )
+        self.metrics = Metrics(
+            telemetry.meter if telemetry is not None else NoOpMeter("aiproc"),
+            queue_depths=self.queue.depths,
+            breaker_states=lambda: {slot.name: slot.breaker_gauge for slot in slots},
+        )
         self.health_monitor = (
             HealthMonitor(slots, config.health, self.clock) if config.health.enabled else None
         )
@@ -92,6 +116,9 @@ class Processor:
             on_progress=self.hub.publish,
             on_attempt=store.record_attempt,
             rng=rng,
+            tracer=self._tracer,
+            metrics=self.metrics,
+            record_content=telemetry.record_content if telemetry is not None else False,
         )
         self.pool = WorkerPool(self.queue, self._process, self.config.num_workers)
         self._sequence = itertools.count(1)
@@ -135,6 +162,7 @@ class Processor:
             spec=spec,
             created_at=self.clock.wall(),
             sequence=next(self._sequence),
+            trace_context=inject_current(),
         )
         await self.store.put(task)
         try:
@@ -197,21 +225,54 @@ class Processor:
         self.hub.publish(
             ProgressEvent(task_id, task.client_id, ProgressKind.STARTED, at=started_at, attempt=1)
         )
-        try:
-            result = await self.runner.run(task, queue_time)
-        except asyncio.CancelledError:
-            if task_id in self._cancel_requested:
-                self._cancel_requested.discard(task_id)
-                await self._finish(task, self._cancelled_result(task, queue_time))
-                return
-            await self._finish(task, self._shutdown_result(task, "interrupted while running"))
-            raise
-        self.processing_latency.add(result.processing_time)
-        await self._finish(task, result)
+        # The task continues the trace it was queued in, even in another process.
+        queued_in = extract(task.trace_context)
+        self._tracer.start_span(
+            "queue wait",
+            context=queued_in,
+            start_time=_nanos(task.created_at),
+            attributes={"aiproc.task.id": task_id},
+        ).end(end_time=_nanos(started_at))
+        with self._tracer.start_as_current_span(
+            "process task",
+            context=queued_in,
+            start_time=_nanos(started_at),
+            attributes={
+                "aiproc.task.id": task_id,
+                "aiproc.task.priority": task.spec.priority.name.lower(),
+                "url.full": task.spec.url,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            trace_id = _trace_id(span)
+            try:
+                result = await self.runner.run(task, queue_time)
+            except asyncio.CancelledError:
+                if task_id in self._cancel_requested:
+                    self._cancel_requested.discard(task_id)
+                    cancelled = self._cancelled_result(task, queue_time)
+                    await self._finish(task, replace(cancelled, trace_id=trace_id))
+                    return
+                interrupted = self._shutdown_result(task, "interrupted while running")
+                await self._finish(task, replace(interrupted, trace_id=trace_id))
+                raise
+            if result.error is not None:
+                span.set_status(Status(StatusCode.ERROR, result.error.code.value))
+                span.set_attribute("error.type", result.error.code.value)
+            span.set_attribute("aiproc.task.attempts", result.attempts)
+            self.processing_latency.add(result.processing_time)
+            await self._finish(task, replace(result, trace_id=trace_id))
 
     async def _finish(self, task: Task, result: TaskResult) -> bool:
         if not await self.store.finish(result, self.clock.wall()):
             return False
+        self.metrics.task_finished(
+            outcome=result.state.value,
+            error_code=result.error.code.value if result.error is not None else None,
+            queue_wait=result.queue_time if task.started_at is not None else None,
+            processing=result.processing_time if task.started_at is not None else None,
+        )
         if result.state is TaskState.SUCCEEDED:
             self.counters.completed += 1
         elif result.state is TaskState.CANCELLED:

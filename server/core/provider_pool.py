@@ -32,6 +32,7 @@ from aiproc.server.resilience.selection import Candidate
 from aiproc.server.resilience.transition import Transition
 
 LATENCY_ALPHA = 0.2
+_BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,9 @@ class ProviderSlot:
         """Monotonic time the breaker opened, until it closes again."""
         self.failback_until = 0.0
         """Monotonic time before which a just-recovered provider ranks last."""
+        self.breaker_gauge = 0
+        """0 closed, 1 half-open, 2 open: written on each transition, so a metrics
+        exporter on another thread can read it without touching the breaker."""
 
     def probing(self, now: float) -> bool:
         """Whether the breaker is half-open and has a probe slot free."""
@@ -143,6 +147,7 @@ class ProviderSlot:
 
     def _breaker_moved(self, moved: Transition[BreakerState]) -> None:
         now = self._clock.monotonic()
+        self.breaker_gauge = _BREAKER_GAUGE[moved.to_state]
         if moved.to_state is BreakerState.OPEN:
             if self.down_since is None:
                 self.down_since = moved.at

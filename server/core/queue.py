@@ -27,6 +27,9 @@ class TaskQueue:
         # then the lowest sequence, i.e. FIFO within a level.
         self._heap: list[tuple[int, int, str]] = []
         self._live: dict[str, Priority] = {}
+        # Kept as counts, not derived from _live, so another thread (a metrics
+        # exporter) can read them while this one changes the queue.
+        self._depths = dict.fromkeys(Priority, 0)
         self._waiters: deque[asyncio.Future[tuple[str, Priority]]] = deque()
         self._closed = False
 
@@ -37,7 +40,11 @@ class TaskQueue:
         return task_id in self._live
 
     def depth(self, priority: Priority) -> int:
-        return sum(1 for p in self._live.values() if p is priority)
+        return self._depths[priority]
+
+    def depths(self) -> dict[str, int]:
+        """Waiting ids per priority name; safe to call from another thread."""
+        return {priority.name.lower(): n for priority, n in self._depths.items()}
 
     def put(self, task_id: str, priority: Priority, sequence: int) -> None:
         """Enqueues, or hands the id straight to a waiting worker. Raises QueueFull."""
@@ -51,16 +58,21 @@ class TaskQueue:
         if len(self._live) >= self.capacity:
             raise QueueFull(f"queue is full ({self.capacity} tasks waiting)")
         self._live[task_id] = priority
+        self._depths[priority] += 1
         heapq.heappush(self._heap, (-priority, sequence, task_id))
 
     def remove(self, task_id: str) -> bool:
         """Takes a waiting id out (its heap entry is skipped later); False if not waiting."""
-        return self._live.pop(task_id, None) is not None
+        priority = self._live.pop(task_id, None)
+        if priority is None:
+            return False
+        self._depths[priority] -= 1
+        return True
 
     def get_nowait(self) -> str | None:
         while self._heap:
             _, _, task_id = heapq.heappop(self._heap)
-            if self._live.pop(task_id, None) is not None:
+            if self.remove(task_id):
                 return task_id
         return None
 
@@ -85,6 +97,7 @@ class TaskQueue:
 
     def _requeue_front(self, task_id: str, priority: Priority) -> None:
         self._live[task_id] = priority
+        self._depths[priority] += 1
         heapq.heappush(self._heap, (-priority, -1, task_id))
 
     def drain(self) -> list[str]:

@@ -19,10 +19,17 @@ What each provider error does (the classes are in core/errors.py):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from opentelemetry.metrics import NoOpMeter
+from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.util.types import AttributeValue
 
 from aiproc.server.config import FailoverConfig, ProcessorConfig
 from aiproc.server.core.errors import ProviderError, ProviderTimeout, RateLimited
@@ -43,6 +50,8 @@ from aiproc.server.providers.prompt import build_messages, estimate_tokens
 from aiproc.server.resilience.backoff import Backoff
 from aiproc.server.resilience.clock import Clock
 from aiproc.server.resilience.rate_limiter import RateLimiter
+from aiproc.server.telemetry import genai
+from aiproc.server.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +96,14 @@ class TaskRunner:
         on_progress: Callable[[ProgressEvent], None],
         on_attempt: Callable[[str], Awaitable[None]],
         rng: random.Random | None = None,
+        tracer: Tracer | None = None,
+        metrics: Metrics | None = None,
+        record_content: bool = False,
     ) -> None:
+        """`record_content` puts prompt and completion text on the provider spans."""
+        self._tracer = tracer or NoOpTracer()
+        self._metrics = metrics or Metrics(NoOpMeter("aiproc"), dict, dict)
+        self._record_content = record_content
         self._config = config
         self._failover_config = failover_config
         self._failover = failover
@@ -179,6 +195,16 @@ class TaskRunner:
                 delay = self._delay_after(target, progress)
                 self._check_time(deadline, delay, exc)
                 self._counters.retried += 1
+                self._metrics.retried()
+                trace.get_current_span().add_event(
+                    "retry",
+                    {
+                        "aiproc.provider": target,
+                        "aiproc.attempt": len(progress.history),
+                        "aiproc.backoff_seconds": delay,
+                        "error.type": exc.error_code.value,
+                    },
+                )
                 self._on_progress(
                     ProgressEvent(
                         task_id=task.task_id,
@@ -220,8 +246,10 @@ class TaskRunner:
                 ErrorCode.ALL_PROVIDERS_FAILED,
                 f"no provider available before the task's deadline: {choice.reasons}",
             )
-        self._counters.rate_limit_waits += 1
+        self._count_rate_limit_wait()
+        began = self._clock.wall()
         await self._clock.sleep(delay)
+        self._waited("wait for a provider", began, delay)
 
     def _exhausted(self, error: ProviderError, progress: _Progress) -> _GaveUp:
         if len(progress.causes) > 1:
@@ -272,7 +300,16 @@ class TaskRunner:
                 began_wall, began = self._clock.wall(), self._clock.monotonic()
                 slot.in_flight += 1
                 try:
-                    completion = await provider.complete(request)
+                    with self._provider_span(lease, request, len(progress.history) + 1) as span:
+                        try:
+                            completion = await provider.complete(request)
+                        except ProviderError as exc:
+                            span.set_status(Status(StatusCode.ERROR, str(exc)))
+                            span.set_attribute(genai.ERROR_TYPE, exc.error_code.value)
+                            self._measure_call(lease, request, began, None, exc)
+                            raise
+                        self._describe_completion(span, completion)
+                        self._measure_call(lease, request, began, completion, None)
                 except ProviderError as exc:
                     settled = True
                     self._settle_failure(lease, exc, progress, began_wall, began)
@@ -291,10 +328,81 @@ class TaskRunner:
             if not settled:
                 self._failover.released(lease)
 
+    def _provider_span(
+        self, lease: Lease, request: CompletionRequest, attempt: int
+    ) -> AbstractContextManager[Span]:
+        """The GenAI client span of one provider call (the HTTP call nests beneath it)."""
+        provider = lease.slot.provider
+        attributes: dict[str, AttributeValue] = {
+            genai.OPERATION_NAME: genai.OPERATION,
+            genai.PROVIDER_NAME: genai.provider_name(provider.kind),
+            genai.REQUEST_MODEL: request.model,
+            genai.REQUEST_MAX_TOKENS: request.max_tokens,
+            genai.REQUEST_TEMPERATURE: request.temperature,
+            "aiproc.provider": provider.name,
+            "aiproc.attempt": attempt,
+            **genai.server_attributes(lease.slot.config.base_url),
+        }
+        if self._record_content:
+            attributes[genai.INPUT_MESSAGES] = json.dumps(
+                [{"role": m.role, "content": m.content} for m in request.messages]
+            )
+        return self._tracer.start_as_current_span(
+            genai.span_name(request.model),
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+
+    def _measure_call(
+        self,
+        lease: Lease,
+        request: CompletionRequest,
+        began: float,
+        completion: Completion | None,
+        error: ProviderError | None,
+    ) -> None:
+        usage = completion.usage if completion is not None else None
+        self._metrics.provider_call(
+            provider=lease.slot.name,
+            kind=lease.slot.provider.kind,
+            model=request.model,
+            duration=self._clock.monotonic() - began,
+            outcome="ok" if error is None else "error",
+            input_tokens=usage.input_tokens if usage is not None else None,
+            output_tokens=usage.output_tokens if usage is not None else None,
+            error_type=error.error_code.value if error is not None else None,
+        )
+
+    def _describe_completion(self, span: Span, completion: Completion) -> None:
+        span.set_attribute(genai.RESPONSE_MODEL, completion.model)
+        if completion.finish_reason:
+            span.set_attribute(genai.RESPONSE_FINISH_REASONS, [completion.finish_reason])
+        span.set_attribute(genai.USAGE_INPUT_TOKENS, completion.usage.input_tokens)
+        span.set_attribute(genai.USAGE_OUTPUT_TOKENS, completion.usage.output_tokens)
+        if self._record_content:
+            output = [{"role": "assistant", "content": completion.content}]
+            span.set_attribute(genai.OUTPUT_MESSAGES, json.dumps(output))
+
+    def _count_rate_limit_wait(self) -> None:
+        self._counters.rate_limit_waits += 1
+        self._metrics.rate_limit_waited()
+
+    def _waited(self, name: str, began: float, seconds: float) -> None:
+        """Records a finished wait as a span of its real length, under the current span."""
+        if seconds <= 0:
+            return
+        span = self._tracer.start_span(name, start_time=int(began * 1e9))
+        span.end(end_time=int((began + seconds) * 1e9))
+
     async def _admit(self, lease: Lease, estimate: int, deadline: float) -> None:
         """Waits for the global rate limit, then the provider's own quota."""
-        if await self._limiter.acquire() > 0:
-            self._counters.rate_limit_waits += 1
+        began = self._clock.wall()
+        waited = await self._limiter.acquire()
+        if waited > 0:
+            self._count_rate_limit_wait()
+            self._waited("rate limit wait", began, waited)
         quota = lease.slot.quota
         wait = quota.reserve(self._clock.monotonic(), estimate)
         if wait <= 0:
@@ -305,12 +413,14 @@ class TaskRunner:
                 ErrorCode.RATE_LIMITED,
                 f"{lease.slot.name}: its quota allows no call before the task's deadline",
             )
-        self._counters.rate_limit_waits += 1
+        self._count_rate_limit_wait()
+        began = self._clock.wall()
         try:
             await self._clock.sleep(wait)
         except BaseException:
             quota.cancel(self._clock.monotonic(), estimate)
             raise
+        self._waited(f"provider quota wait ({lease.slot.name})", began, wait)
 
     def _settle_failure(
         self,

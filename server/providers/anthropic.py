@@ -14,24 +14,19 @@ become domain errors as `_http_errors` describes; Anthropic's own signals:
 from __future__ import annotations
 
 import datetime
-import time
 from typing import Any
 
 import httpx
 
-from aiproc.server.core.errors import BadResponse, InvalidRequest, ProviderError
+from aiproc.server.core.errors import BadResponse, InvalidRequest
 from aiproc.server.core.models import TokenUsage
-from aiproc.server.providers._exchange import Exchange, Reply, capped
 from aiproc.server.providers._http_errors import (
-    URL_USERINFO,
-    Redactor,
-    error_for_status,
     error_message,
-    json_object,
     limit_reset_seconds,
     retry_after_seconds,
     token_count,
 )
+from aiproc.server.providers._http_provider import HttpProvider, answer_object
 from aiproc.server.providers.base import Completion, CompletionRequest
 
 DEFAULT_API_VERSION = "2023-06-01"
@@ -40,8 +35,10 @@ _MAX_TEMPERATURE = 1.0
 _LIMITS = ("requests", "tokens", "input-tokens", "output-tokens")
 
 
-class AnthropicProvider:
+class AnthropicProvider(HttpProvider):
     """One Anthropic API key and model, called through an HTTP client it shares but does not own."""
+
+    kind = "anthropic"
 
     def __init__(
         self,
@@ -56,35 +53,15 @@ class AnthropicProvider:
         request_timeout: float | None = None,
     ) -> None:
         """`request_timeout` caps each call's own timeout, in seconds; None means no cap."""
-        self._name = name
-        self._base_url = base_url.rstrip("/")
-        self._model = model
-        self._context_window = context_window
-        self._request_timeout = request_timeout
-        self._redactor = Redactor((api_key,))
-        self._exchange = Exchange(provider=name, client=http_client, redactor=self._redactor)
-        self._headers = {
+        headers = {
             "x-api-key": api_key,
             "anthropic-version": api_version or DEFAULT_API_VERSION,
             "content-type": "application/json",
             "accept": "application/json",
         }
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def kind(self) -> str:
-        return "anthropic"
-
-    @property
-    def model(self) -> str:
-        return self._model
-
-    @property
-    def context_window(self) -> int:
-        return self._context_window
+        super().__init__(
+            name, base_url, model, context_window, http_client, request_timeout, api_key, headers
+        )
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """POSTs one message; raises a ProviderError subclass on any failure."""
@@ -102,44 +79,18 @@ class AnthropicProvider:
         }
         if system:
             payload["system"] = system
-        reply = await self._exchange.send(
-            "POST",
-            f"{self._base_url}/v1/messages",
-            headers=self._headers,
-            json=payload,
-            seconds=capped(request.timeout, self._request_timeout),
-        )
-        if not reply.ok:
-            raise self._error(reply)
-        return self._completion(reply.body, model)
+        body = await self._post(f"{self._base_url}/v1/messages", payload, request.timeout)
+        return self._completion(body, model)
 
     async def check_health(self, timeout: float) -> None:  # noqa: ASYNC109
         """GETs the model list, which costs nothing; raises a ProviderError subclass if it fails."""
-        await self._exchange.get_json(
-            f"{self._base_url}/v1/models", headers=self._headers, seconds=timeout, error=self._error
-        )
+        await self._get_json(f"{self._base_url}/v1/models", timeout)
 
-    async def aclose(self) -> None:
-        """Leaves the shared HTTP client open: its owner closes it."""
-
-    def __repr__(self) -> str:
-        base_url = URL_USERINFO.sub("***@", self._base_url)
-        return (
-            f"<AnthropicProvider name={self._name!r} model={self._model!r} base_url={base_url!r}>"
-        )
-
-    def _error(self, reply: Reply) -> ProviderError:
-        return error_for_status(
-            reply.status,
-            self._redactor.excerpt(error_message(reply.body)),
-            provider=self._name,
-            retry_after=anthropic_retry_after(reply.headers, now=time.time()),
-        )
+    def _retry_after(self, headers: httpx.Headers, *, now: float) -> float | None:
+        return anthropic_retry_after(headers, now=now)
 
     def _completion(self, body: bytes, model: str) -> Completion:
-        data = json_object(body)
-        if data is None:
-            raise BadResponse(f"{self._name}: the answer is not a JSON object", provider=self._name)
+        data = answer_object(body, provider=self._name)
         blocks = data.get("content")
         stop_reason = data.get("stop_reason")
         stop_reason = stop_reason if isinstance(stop_reason, str) else ""

@@ -16,17 +16,17 @@ from urllib.parse import quote
 
 import httpx
 
-from aiproc.server.core.errors import ProviderError
-from aiproc.server.providers._exchange import Exchange, Reply, capped
-from aiproc.server.providers._http_errors import URL_USERINFO, Redactor
+from aiproc.server.providers._http_provider import HttpProvider
 from aiproc.server.providers.base import Completion, CompletionRequest
-from aiproc.server.providers.openai import chat_messages, openai_error, parse_chat_completion
+from aiproc.server.providers.openai import chat_messages, openai_retry_after, parse_chat_completion
 
 DEFAULT_API_VERSION = "2024-10-21"
 
 
-class AzureOpenAIProvider:
+class AzureOpenAIProvider(HttpProvider):
     """One Azure OpenAI deployment, called through an HTTP client it shares but does not own."""
+
+    kind = "azure_openai"
 
     def __init__(
         self,
@@ -47,12 +47,11 @@ class AzureOpenAIProvider:
         deployment runs, used for the context window and when Azure does not
         say. `request_timeout` caps each call's own timeout, in seconds.
         """
-        self._name = name
-        self._base_url = base_url.rstrip("/")
+        headers = {"api-key": api_key, "Accept": "application/json"}
+        super().__init__(
+            name, base_url, model, context_window, http_client, request_timeout, api_key, headers
+        )
         self._deployment = deployment or model
-        self._model = model
-        self._context_window = context_window
-        self._request_timeout = request_timeout
         query = {"api-version": api_version or DEFAULT_API_VERSION}
         deployment_path = quote(self._deployment, safe="")
         self._chat_url = str(
@@ -62,25 +61,6 @@ class AzureOpenAIProvider:
             )
         )
         self._models_url = str(httpx.URL(f"{self._base_url}/openai/models", params=query))
-        self._redactor = Redactor((api_key,))
-        self._exchange = Exchange(provider=name, client=http_client, redactor=self._redactor)
-        self._headers = {"api-key": api_key, "Accept": "application/json"}
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def kind(self) -> str:
-        return "azure_openai"
-
-    @property
-    def model(self) -> str:
-        return self._model
-
-    @property
-    def context_window(self) -> int:
-        return self._context_window
 
     @property
     def deployment(self) -> str:
@@ -97,34 +77,17 @@ class AzureOpenAIProvider:
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         }
-        reply = await self._exchange.send(
-            "POST",
-            self._chat_url,
-            headers=self._headers,
-            json=payload,
-            seconds=capped(request.timeout, self._request_timeout),
-        )
-        if not reply.ok:
-            raise self._error(reply)
+        body = await self._post(self._chat_url, payload, request.timeout)
         return parse_chat_completion(
-            reply.body, provider=self._name, default_model=self._model, redactor=self._redactor
+            body, provider=self._name, default_model=self._model, redactor=self._redactor
         )
 
     async def check_health(self, timeout: float) -> None:  # noqa: ASYNC109
         """GETs the resource's model list, which is free; raises a ProviderError if it fails."""
-        await self._exchange.get_json(
-            self._models_url, headers=self._headers, seconds=timeout, error=self._error
-        )
+        await self._get_json(self._models_url, timeout)
 
-    async def aclose(self) -> None:
-        """Leaves the shared HTTP client open: its owner closes it."""
+    def _shown(self) -> str:
+        return f"deployment={self._deployment!r}"
 
-    def __repr__(self) -> str:
-        base_url = URL_USERINFO.sub("***@", self._base_url)
-        return (
-            f"<AzureOpenAIProvider name={self._name!r} deployment={self._deployment!r} "
-            f"base_url={base_url!r}>"
-        )
-
-    def _error(self, reply: Reply) -> ProviderError:
-        return openai_error(reply, provider=self._name, redactor=self._redactor)
+    def _retry_after(self, headers: httpx.Headers, *, now: float) -> float | None:
+        return openai_retry_after(headers, now=now)

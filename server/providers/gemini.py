@@ -27,10 +27,8 @@ from aiproc.server.core.errors import (
     ProviderError,
 )
 from aiproc.server.core.models import TokenUsage
-from aiproc.server.providers._exchange import Exchange, Reply, capped
+from aiproc.server.providers._exchange import Reply
 from aiproc.server.providers._http_errors import (
-    URL_USERINFO,
-    Redactor,
     error_for_status,
     error_message,
     json_object,
@@ -38,6 +36,7 @@ from aiproc.server.providers._http_errors import (
     seconds,
     token_count,
 )
+from aiproc.server.providers._http_provider import HttpProvider, answer_object
 from aiproc.server.providers.base import Completion, CompletionRequest
 
 # Finish reasons that mean Google withheld the text; the same prompt is withheld again.
@@ -47,8 +46,10 @@ _BLOCKED = frozenset(
 _ROLES = {"user": "user", "assistant": "model"}
 
 
-class GeminiProvider:
+class GeminiProvider(HttpProvider):
     """One Gemini API key and model, called through an HTTP client it shares but does not own."""
+
+    kind = "gemini"
 
     def __init__(
         self,
@@ -62,30 +63,10 @@ class GeminiProvider:
         request_timeout: float | None = None,
     ) -> None:
         """`base_url` includes the API version (…/v1beta); `request_timeout` caps each call."""
-        self._name = name
-        self._base_url = base_url.rstrip("/")
-        self._model = model
-        self._context_window = context_window
-        self._request_timeout = request_timeout
-        self._redactor = Redactor((api_key,))
-        self._exchange = Exchange(provider=name, client=http_client, redactor=self._redactor)
-        self._headers = {"x-goog-api-key": api_key, "Accept": "application/json"}
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def kind(self) -> str:
-        return "gemini"
-
-    @property
-    def model(self) -> str:
-        return self._model
-
-    @property
-    def context_window(self) -> int:
-        return self._context_window
+        headers = {"x-goog-api-key": api_key, "Accept": "application/json"}
+        super().__init__(
+            name, base_url, model, context_window, http_client, request_timeout, api_key, headers
+        )
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """POSTs one generateContent; raises a ProviderError subclass on any failure."""
@@ -104,29 +85,13 @@ class GeminiProvider:
         }
         if system:
             payload["systemInstruction"] = {"parts": [{"text": system}]}
-        reply = await self._exchange.send(
-            "POST",
-            f"{self._base_url}/models/{quote(model, safe='')}:generateContent",
-            headers=self._headers,
-            json=payload,
-            seconds=capped(request.timeout, self._request_timeout),
-        )
-        if not reply.ok:
-            raise self._error(reply)
-        return self._completion(reply.body, model)
+        url = f"{self._base_url}/models/{quote(model, safe='')}:generateContent"
+        body = await self._post(url, payload, request.timeout)
+        return self._completion(body, model)
 
     async def check_health(self, timeout: float) -> None:  # noqa: ASYNC109
         """GETs the model list, which costs nothing; raises a ProviderError subclass if it fails."""
-        await self._exchange.get_json(
-            f"{self._base_url}/models", headers=self._headers, seconds=timeout, error=self._error
-        )
-
-    async def aclose(self) -> None:
-        """Leaves the shared HTTP client open: its owner closes it."""
-
-    def __repr__(self) -> str:
-        base_url = URL_USERINFO.sub("***@", self._base_url)
-        return f"<GeminiProvider name={self._name!r} model={self._model!r} base_url={base_url!r}>"
+        await self._get_json(f"{self._base_url}/models", timeout)
 
     def _error(self, reply: Reply) -> ProviderError:
         detail = self._redactor.excerpt(error_message(reply.body))
@@ -150,9 +115,7 @@ class GeminiProvider:
         return error_for_status(reply.status, detail, provider=self._name, retry_after=retry_after)
 
     def _completion(self, body: bytes, model: str) -> Completion:
-        data = json_object(body)
-        if data is None:
-            raise BadResponse(f"{self._name}: the answer is not a JSON object", provider=self._name)
+        data = answer_object(body, provider=self._name)
         feedback = data.get("promptFeedback")
         block = feedback.get("blockReason") if isinstance(feedback, dict) else None
         if block:

@@ -10,23 +10,14 @@ become domain errors as `_http_errors` describes; Ollama's errors are
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
 
-from aiproc.server.core.errors import BadResponse, InvalidRequest, ProviderError
+from aiproc.server.core.errors import BadResponse, InvalidRequest
 from aiproc.server.core.models import TokenUsage
-from aiproc.server.providers._exchange import Exchange, Reply, capped
-from aiproc.server.providers._http_errors import (
-    URL_USERINFO,
-    Redactor,
-    error_for_status,
-    error_message,
-    json_object,
-    retry_after_seconds,
-    token_count,
-)
+from aiproc.server.providers._http_errors import error_message, token_count
+from aiproc.server.providers._http_provider import HttpProvider, answer_object
 from aiproc.server.providers.base import Completion, CompletionRequest
 
 DEFAULT_CONTEXT_WINDOW = 8192
@@ -34,8 +25,10 @@ DEFAULT_CONTEXT_WINDOW = 8192
 what the model could take, and 8K fits a small GPU."""
 
 
-class OllamaProvider:
+class OllamaProvider(HttpProvider):
     """One Ollama server and model, called through an HTTP client it shares but does not own."""
+
+    kind = "ollama"
 
     def __init__(
         self,
@@ -49,32 +42,12 @@ class OllamaProvider:
         request_timeout: float | None = None,
     ) -> None:
         """`request_timeout` caps each call's own timeout, in seconds; None means no cap."""
-        self._name = name
-        self._base_url = base_url.rstrip("/")
-        self._model = model
-        self._context_window = context_window
-        self._request_timeout = request_timeout
-        self._redactor = Redactor((api_key,) if api_key else ())
-        self._exchange = Exchange(provider=name, client=http_client, redactor=self._redactor)
-        self._headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json"}
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def kind(self) -> str:
-        return "ollama"
-
-    @property
-    def model(self) -> str:
-        return self._model
-
-    @property
-    def context_window(self) -> int:
-        return self._context_window
+            headers["Authorization"] = f"Bearer {api_key}"
+        super().__init__(
+            name, base_url, model, context_window, http_client, request_timeout, api_key, headers
+        )
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """POSTs one chat turn; raises a ProviderError subclass on any failure."""
@@ -89,22 +62,12 @@ class OllamaProvider:
                 "num_ctx": self._context_window,
             },
         }
-        reply = await self._exchange.send(
-            "POST",
-            f"{self._base_url}/api/chat",
-            headers=self._headers,
-            json=payload,
-            seconds=capped(request.timeout, self._request_timeout),
-        )
-        if not reply.ok:
-            raise self._error(reply)
-        return self._completion(reply.body, model)
+        body = await self._post(f"{self._base_url}/api/chat", payload, request.timeout)
+        return self._completion(body, model)
 
     async def check_health(self, timeout: float) -> None:  # noqa: ASYNC109
         """GETs the local models and checks the model is among them; else raises a ProviderError."""
-        data = await self._exchange.get_json(
-            f"{self._base_url}/api/tags", headers=self._headers, seconds=timeout, error=self._error
-        )
+        data = await self._get_json(f"{self._base_url}/api/tags", timeout)
         models = data.get("models")
         if not isinstance(models, list):
             raise BadResponse(f"{self._name}: the model list has no models", provider=self._name)
@@ -122,25 +85,8 @@ class OllamaProvider:
                 provider=self._name,
             )
 
-    async def aclose(self) -> None:
-        """Leaves the shared HTTP client open: its owner closes it."""
-
-    def __repr__(self) -> str:
-        base_url = URL_USERINFO.sub("***@", self._base_url)
-        return f"<OllamaProvider name={self._name!r} model={self._model!r} base_url={base_url!r}>"
-
-    def _error(self, reply: Reply) -> ProviderError:
-        return error_for_status(
-            reply.status,
-            self._redactor.excerpt(error_message(reply.body)),
-            provider=self._name,
-            retry_after=retry_after_seconds(reply.headers, now=time.time()),
-        )
-
     def _completion(self, body: bytes, model: str) -> Completion:
-        data = json_object(body)
-        if data is None:
-            raise BadResponse(f"{self._name}: the answer is not a JSON object", provider=self._name)
+        data = answer_object(body, provider=self._name)
         message = data.get("message")
         content = message.get("content") if isinstance(message, dict) else None
         done_reason = data.get("done_reason")

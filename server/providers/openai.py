@@ -18,25 +18,21 @@ HTTP outcomes become the domain errors of `aiproc.server.core.errors`:
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import httpx
 
-from aiproc.server.core.errors import BadResponse, InvalidRequest, ProviderError
+from aiproc.server.core.errors import BadResponse, InvalidRequest
 from aiproc.server.core.models import TokenUsage
-from aiproc.server.providers._exchange import Exchange, Reply, capped
 from aiproc.server.providers._http_errors import (
-    URL_USERINFO,
     Redactor,
-    error_for_status,
     error_message,
-    json_object,
     limit_reset_seconds,
     retry_after_seconds,
     seconds,
     token_count,
 )
+from aiproc.server.providers._http_provider import HttpProvider, answer_object
 from aiproc.server.providers.base import Completion, CompletionRequest
 
 # OpenAI's reset durations: "1s", "6m0s", "20ms", "1h2m3.5s"; Azure sends plain seconds.
@@ -47,8 +43,10 @@ _RESET_DURATION = re.compile(
 _RESET_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
-class OpenAIProvider:
+class OpenAIProvider(HttpProvider):
     """One OpenAI-compatible endpoint, called through an HTTP client it shares but does not own."""
+
+    kind = "openai"
 
     def __init__(
         self,
@@ -62,87 +60,38 @@ class OpenAIProvider:
         request_timeout: float | None = None,
     ) -> None:
         """`request_timeout` caps each call's own timeout, in seconds; None means no cap."""
-        self._name = name
-        self._base_url = base_url.rstrip("/")
-        self._model = model
-        self._context_window = context_window
-        self._request_timeout = request_timeout
-        self._redactor = Redactor((api_key,) if api_key else ())
-        self._exchange = Exchange(provider=name, client=http_client, redactor=self._redactor)
-        self._headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json"}
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def kind(self) -> str:
-        return "openai"
-
-    @property
-    def model(self) -> str:
-        return self._model
-
-    @property
-    def context_window(self) -> int:
-        return self._context_window
+            headers["Authorization"] = f"Bearer {api_key}"
+        super().__init__(
+            name, base_url, model, context_window, http_client, request_timeout, api_key, headers
+        )
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """POSTs one chat completion; raises a ProviderError subclass on any failure."""
+        model = request.model or self._model
         payload = {
-            "model": request.model or self._model,
+            "model": model,
             "messages": chat_messages(request),
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
         }
-        reply = await self._exchange.send(
-            "POST",
-            f"{self._base_url}/chat/completions",
-            headers=self._headers,
-            json=payload,
-            seconds=capped(request.timeout, self._request_timeout),
-        )
-        if not reply.ok:
-            raise self._error(reply)
+        body = await self._post(f"{self._base_url}/chat/completions", payload, request.timeout)
         return parse_chat_completion(
-            reply.body,
-            provider=self._name,
-            default_model=request.model or self._model,
-            redactor=self._redactor,
+            body, provider=self._name, default_model=model, redactor=self._redactor
         )
 
     async def check_health(self, timeout: float) -> None:  # noqa: ASYNC109
         """GETs the model list, which costs nothing; raises a ProviderError subclass if it fails."""
-        await self._exchange.get_json(
-            f"{self._base_url}/models", headers=self._headers, seconds=timeout, error=self._error
-        )
+        await self._get_json(f"{self._base_url}/models", timeout)
 
-    async def aclose(self) -> None:
-        """Leaves the shared HTTP client open: its owner closes it."""
-
-    def __repr__(self) -> str:
-        base_url = URL_USERINFO.sub("***@", self._base_url)
-        return f"<OpenAIProvider name={self._name!r} model={self._model!r} base_url={base_url!r}>"
-
-    def _error(self, reply: Reply) -> ProviderError:
-        return openai_error(reply, provider=self._name, redactor=self._redactor)
+    def _retry_after(self, headers: httpx.Headers, *, now: float) -> float | None:
+        return openai_retry_after(headers, now=now)
 
 
 def chat_messages(request: CompletionRequest) -> list[dict[str, str]]:
     """The request's messages in the chat completions shape."""
     return [{"role": m.role, "content": m.content} for m in request.messages]
-
-
-def openai_error(reply: Reply, *, provider: str, redactor: Redactor) -> ProviderError:
-    """The domain error for an OpenAI-style error answer, with its retry hint."""
-    return error_for_status(
-        reply.status,
-        redactor.excerpt(error_message(reply.body)),
-        provider=provider,
-        retry_after=openai_retry_after(reply.headers, now=time.time()),
-    )
 
 
 def openai_retry_after(headers: httpx.Headers, *, now: float) -> float | None:
@@ -163,9 +112,7 @@ def parse_chat_completion(
     body: bytes, *, provider: str, default_model: str, redactor: Redactor
 ) -> Completion:
     """The Completion in a chat completions answer; raises BadResponse when it holds none."""
-    data = json_object(body)
-    if data is None:
-        raise BadResponse(f"{provider}: the answer is not a JSON object", provider=provider)
+    data = answer_object(body, provider=provider)
     choices = data.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else None
     if not isinstance(choice, dict):

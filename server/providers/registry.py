@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TypedDict
 
 import httpx
 
@@ -123,6 +124,16 @@ def build_providers(
     return ProviderSet(entries, owned_client=owned)
 
 
+class _Shared(TypedDict):
+    """The constructor arguments every HTTP provider takes alike."""
+
+    name: str
+    base_url: str
+    model: str
+    http_client: httpx.AsyncClient
+    request_timeout: float | None
+
+
 def _build(
     config: ProviderConfig,
     key: str | None,
@@ -135,63 +146,33 @@ def _build(
             config.name, context_window=config.context_window or OFFLINE_CONTEXT_WINDOW
         )
     model = config.model or processor.llm_model
-    base_url = config.base_url or DEFAULT_BASE_URLS.get(config.kind, "")
-    window = config.context_window or context_window_for(model)
-    timeout = config.request_timeout or None
+    shared = _Shared(
+        name=config.name,
+        base_url=config.base_url or DEFAULT_BASE_URLS.get(config.kind, ""),
+        model=model,
+        http_client=http_client,
+        request_timeout=config.request_timeout or None,
+    )
     if config.kind == "ollama":
-        return OllamaProvider(
-            name=config.name,
-            base_url=base_url,
-            model=model,
-            context_window=config.context_window or OLLAMA_CONTEXT_WINDOW,
-            http_client=http_client,
-            api_key=key,
-            request_timeout=timeout,
-        )
+        window = config.context_window or OLLAMA_CONTEXT_WINDOW
+        return OllamaProvider(**shared, context_window=window, api_key=key)
+    window = config.context_window or context_window_for(model)
     if config.kind == "openai":
-        return OpenAIProvider(
-            name=config.name,
-            base_url=base_url,
-            api_key=key,
-            model=model,
-            context_window=window,
-            http_client=http_client,
-            request_timeout=timeout,
-        )
+        return OpenAIProvider(**shared, context_window=window, api_key=key)
     # The kinds left need a key, which the checks before building made sure of.
     assert key is not None
     if config.kind == "anthropic":
-        return AnthropicProvider(
-            name=config.name,
-            base_url=base_url,
-            api_key=key,
-            model=model,
-            context_window=window,
-            http_client=http_client,
-            api_version=config.api_version or ANTHROPIC_API_VERSION,
-            request_timeout=timeout,
-        )
+        version = config.api_version or ANTHROPIC_API_VERSION
+        return AnthropicProvider(**shared, context_window=window, api_key=key, api_version=version)
     if config.kind == "azure_openai":
         return AzureOpenAIProvider(
-            name=config.name,
-            base_url=base_url,
+            **shared,
+            context_window=window,
             api_key=key,
             deployment=config.deployment or model,
-            model=model,
-            context_window=window,
-            http_client=http_client,
             api_version=config.api_version or AZURE_API_VERSION,
-            request_timeout=timeout,
         )
-    return GeminiProvider(
-        name=config.name,
-        base_url=base_url,
-        api_key=key,
-        model=model,
-        context_window=window,
-        http_client=http_client,
-        request_timeout=timeout,
-    )
+    return GeminiProvider(**shared, context_window=window, api_key=key)
 
 
 def _api_key(index: int, config: ProviderConfig, env: Mapping[str, str]) -> str | None:

@@ -235,12 +235,17 @@ async def test_rate_limit_rps_holds_over_a_30_second_run(
     arrivals = sorted(r["arrived_at"] for r in listed if r["path"].endswith("/chat/completions"))
     assert len(arrivals) == total
     average = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
-    assert average >= 19.5, f"{average:.2f} calls/s"
-    for i, start in enumerate(arrivals):
-        inside = sum(1 for t in arrivals[i : i + int(rate) + burst + 2] if t < start + 1.0)
-        # rate x 1 s + burst, and one more for the jitter between leaving the
-        # limiter and reaching the provider's socket.
-        assert inside <= rate + burst + 1, f"{inside} calls in 1 s from {start:.3f}"
+    assert 19.5 <= average <= rate, f"{average:.2f} calls/s"
+    # The limiter admits at most rate x w + burst calls in any window of w
+    # seconds (tests/resilience prove that exactly); at the provider's socket
+    # a call may arrive up to 100 ms later than it left the limiter on a busy
+    # machine, which lets rate x 0.1 more calls into a window.
+    jitter_allowance = rate * 0.1
+    for window in (1.0, 5.0):
+        limit = rate * window + burst + jitter_allowance
+        for i, start in enumerate(arrivals):
+            inside = sum(1 for t in arrivals[i : i + int(limit) + 2] if t < start + window)
+            assert inside <= limit, f"{inside} calls in {window:g} s from {start:.3f}"
 
 
 async def test_health_checks_use_the_model_list_and_steer_traffic_away(

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -25,49 +24,33 @@ from aiproc.server.fakes.faults import (
     WrongContentType,
 )
 from aiproc.server.providers.anthropic import AnthropicProvider, anthropic_retry_after
-from aiproc.server.providers.base import ChatMessage, Provider
-from aiproc.server.providers.prompt import estimate_tokens
-from tests.providers.vendor_support import SYSTEM, USER, failure, make_request
+from aiproc.server.providers.base import ChatMessage
+from tests.providers.vendor_support import (
+    SYSTEM,
+    USER,
+    assert_hidden,
+    complete_echo,
+    failure,
+    fake_fixture,
+    make_request,
+    provider_maker,
+)
 
 KEY = "sk-ant-api03-test0123456789SECRET"
 
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProviderServer]:
-    async with FakeProviderServer(AnthropicDialect(api_key=KEY)) as server:
-        yield server
-
-
-def make_provider(
-    fake: FakeProviderServer, client: httpx.AsyncClient, **overrides: Any
-) -> AnthropicProvider:
-    settings: dict[str, Any] = {
-        "name": "primary",
-        "base_url": fake.base_url,
-        "api_key": KEY,
-        "model": FAKE_MODEL,
-        "context_window": 200_000,
-        "http_client": client,
-    }
-    settings.update(overrides)
-    return AnthropicProvider(**settings)
+fake = fake_fixture(lambda: AnthropicDialect(api_key=KEY))
+make_provider = provider_maker(
+    AnthropicProvider, api_key=KEY, model=FAKE_MODEL, context_window=200_000
+)
 
 
 async def test_success_parses_text_usage_and_model_and_sends_the_key_and_version(
     fake: FakeProviderServer, client: httpx.AsyncClient
 ) -> None:
     provider = make_provider(fake, client)
-    assert isinstance(provider, Provider)
 
-    completion = await provider.complete(make_request())
+    sent = await complete_echo(provider, fake, model=FAKE_MODEL, finish_reason="end_turn")
 
-    assert completion.content == "Enhanced: " + USER
-    assert completion.model == FAKE_MODEL
-    assert completion.finish_reason == "end_turn"
-    assert completion.usage == TokenUsage(
-        estimate_tokens(SYSTEM) + estimate_tokens(USER), estimate_tokens(completion.content)
-    )
-    [sent] = fake.requests
     assert (sent.method, sent.path) == ("POST", "/v1/messages")
     assert sent.headers["x-api-key"] == KEY
     assert sent.headers["anthropic-version"] == "2023-06-01"
@@ -219,7 +202,7 @@ async def test_a_wrong_key_is_refused_by_the_fake_and_never_shown(
 
     assert isinstance(error, AuthenticationFailed)
     assert str(error) == "primary: HTTP 401: invalid x-api-key (authentication_error)"
-    assert wrong not in repr(provider)
+    assert_hidden(wrong, repr(provider))
 
 
 async def test_a_key_echoed_by_the_vendor_is_redacted(
@@ -232,8 +215,7 @@ async def test_a_key_echoed_by_the_vendor_is_redacted(
     error = await failure(provider.complete(make_request()))
 
     assert str(error) == "primary: HTTP 400: bad [redacted] (invalid_request_error)"
-    assert KEY not in repr(provider)
-    assert "SECRET" not in repr(provider)
+    assert_hidden(KEY, repr(provider))
 
 
 @pytest.mark.parametrize("fault", [MalformedJson(), WrongContentType(), EmptyBody()])

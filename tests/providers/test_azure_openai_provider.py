@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
 import httpx
 import pytest
 
@@ -13,57 +10,41 @@ from aiproc.server.core.errors import (
     RateLimited,
     TransientError,
 )
-from aiproc.server.core.models import TokenUsage
 from aiproc.server.fakes.azure_dialect import FAKE_DEPLOYMENT, FAKE_MODEL, AzureDialect
 from aiproc.server.fakes.engine import FakeProviderServer
 from aiproc.server.fakes.faults import FakeReply, HttpError, MalformedJson, WrongContentType
 from aiproc.server.providers.azure_openai import AzureOpenAIProvider
-from aiproc.server.providers.base import Provider
-from aiproc.server.providers.prompt import estimate_tokens
-from tests.providers.vendor_support import MESSAGES, USER, failure, make_request
+from tests.providers.vendor_support import (
+    MESSAGES,
+    assert_hidden,
+    complete_echo,
+    failure,
+    fake_fixture,
+    make_request,
+    provider_maker,
+)
 
 KEY = "0123456789abcdef0123456789SECRET"
 CHAT_PATH = f"/openai/deployments/{FAKE_DEPLOYMENT}/chat/completions"
 
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProviderServer]:
-    async with FakeProviderServer(AzureDialect(api_key=KEY)) as server:
-        yield server
-
-
-def make_provider(
-    fake: FakeProviderServer, client: httpx.AsyncClient, **overrides: Any
-) -> AzureOpenAIProvider:
-    settings: dict[str, Any] = {
-        "name": "primary",
-        "base_url": fake.base_url,
-        "api_key": KEY,
-        "deployment": FAKE_DEPLOYMENT,
-        "model": "gpt-4o",
-        "context_window": 128_000,
-        "http_client": client,
-    }
-    settings.update(overrides)
-    return AzureOpenAIProvider(**settings)
+fake = fake_fixture(lambda: AzureDialect(api_key=KEY))
+make_provider = provider_maker(
+    AzureOpenAIProvider,
+    api_key=KEY,
+    deployment=FAKE_DEPLOYMENT,
+    model="gpt-4o",
+    context_window=128_000,
+)
 
 
 async def test_success_posts_to_the_deployment_with_api_key_and_version(
     fake: FakeProviderServer, client: httpx.AsyncClient
 ) -> None:
     provider = make_provider(fake, client)
-    assert isinstance(provider, Provider)
 
-    completion = await provider.complete(make_request())
-
-    assert completion.content == "Enhanced: " + USER
     # The deployment's model, as Azure names it, not the configured one.
-    assert completion.model == FAKE_MODEL
-    assert completion.finish_reason == "stop"
-    assert completion.usage == TokenUsage(
-        sum(estimate_tokens(m.content) for m in MESSAGES), estimate_tokens(completion.content)
-    )
-    [sent] = fake.requests
+    sent = await complete_echo(provider, fake, model=FAKE_MODEL, finish_reason="stop")
+
     assert (sent.method, sent.path) == ("POST", CHAT_PATH)
     assert sent.query == {"api-version": "2024-10-21"}
     assert sent.headers["api-key"] == KEY
@@ -164,8 +145,7 @@ async def test_a_wrong_key_gets_the_gateways_401_without_showing_the_key(
 
     assert isinstance(error, AuthenticationFailed)
     assert str(error).startswith("primary: HTTP 401: Access denied due to invalid subscription key")
-    assert wrong not in str(error)
-    assert wrong not in repr(provider)
+    assert_hidden(wrong, str(error), repr(provider))
 
 
 async def test_a_filtered_prompt_is_an_invalid_request(

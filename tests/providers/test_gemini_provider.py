@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,34 +16,26 @@ from aiproc.server.core.models import TokenUsage
 from aiproc.server.fakes.engine import FakeProviderServer
 from aiproc.server.fakes.faults import FakeReply, HttpError, MalformedJson, WrongContentType
 from aiproc.server.fakes.gemini_dialect import FAKE_MODEL, GeminiDialect, retry_info
-from aiproc.server.providers.base import ChatMessage, Provider
+from aiproc.server.providers.base import ChatMessage
 from aiproc.server.providers.gemini import GeminiProvider
-from aiproc.server.providers.prompt import estimate_tokens
-from tests.providers.vendor_support import SYSTEM, USER, failure, make_request
+from tests.providers.vendor_support import (
+    SYSTEM,
+    USER,
+    assert_hidden,
+    complete_echo,
+    failure,
+    fake_fixture,
+    make_request,
+    provider_maker,
+)
 
 KEY = "AIzaSyTest0123456789abcdefghijSECRET"
 GENERATE_PATH = f"/v1beta/models/{FAKE_MODEL}:generateContent"
 
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProviderServer]:
-    async with FakeProviderServer(GeminiDialect(api_key=KEY)) as server:
-        yield server
-
-
-def make_provider(
-    fake: FakeProviderServer, client: httpx.AsyncClient, **overrides: Any
-) -> GeminiProvider:
-    settings: dict[str, Any] = {
-        "name": "primary",
-        "base_url": fake.base_url,
-        "api_key": KEY,
-        "model": FAKE_MODEL,
-        "context_window": 1_048_576,
-        "http_client": client,
-    }
-    settings.update(overrides)
-    return GeminiProvider(**settings)
+fake = fake_fixture(lambda: GeminiDialect(api_key=KEY))
+make_provider = provider_maker(
+    GeminiProvider, api_key=KEY, model=FAKE_MODEL, context_window=1_048_576
+)
 
 
 def quota_error(*details: dict[str, Any]) -> dict[str, Any]:
@@ -57,17 +48,9 @@ async def test_success_sends_the_key_in_a_header_and_parses_text_usage_and_versi
     fake: FakeProviderServer, client: httpx.AsyncClient
 ) -> None:
     provider = make_provider(fake, client)
-    assert isinstance(provider, Provider)
 
-    completion = await provider.complete(make_request())
+    sent = await complete_echo(provider, fake, model=FAKE_MODEL, finish_reason="STOP")
 
-    assert completion.content == "Enhanced: " + USER
-    assert completion.model == FAKE_MODEL
-    assert completion.finish_reason == "STOP"
-    assert completion.usage == TokenUsage(
-        estimate_tokens(SYSTEM) + estimate_tokens(USER), estimate_tokens(completion.content)
-    )
-    [sent] = fake.requests
     assert (sent.method, sent.path) == ("POST", GENERATE_PATH)
     assert sent.headers["x-goog-api-key"] == KEY
     # Never in the URL, where access logs would keep it.
@@ -172,7 +155,7 @@ async def test_a_wrong_key_is_an_authentication_failure_though_google_says_400(
     assert str(error) == (
         "primary: HTTP 400: API key not valid. Please pass a valid API key. (INVALID_ARGUMENT)"
     )
-    assert wrong not in repr(provider)
+    assert_hidden(wrong, repr(provider))
 
 
 async def test_no_key_at_all_is_refused_with_permission_denied(

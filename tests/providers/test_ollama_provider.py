@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
 import httpx
 import pytest
 
@@ -17,52 +14,31 @@ from aiproc.server.core.models import TokenUsage
 from aiproc.server.fakes.engine import FakeProviderServer
 from aiproc.server.fakes.faults import EmptyBody, FakeReply, HttpError, MalformedJson
 from aiproc.server.fakes.ollama_dialect import OllamaDialect
-from aiproc.server.providers.base import Provider
 from aiproc.server.providers.ollama import OllamaProvider
-from aiproc.server.providers.prompt import estimate_tokens
-from tests.providers.vendor_support import MESSAGES, USER, failure, make_request
+from tests.providers.vendor_support import (
+    MESSAGES,
+    assert_hidden,
+    complete_echo,
+    failure,
+    fake_fixture,
+    make_request,
+    provider_maker,
+)
 
 MODEL = "llama3.1"
 PROXY_KEY = "proxy-key-0123456789SECRET"
 
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProviderServer]:
-    async with FakeProviderServer(
-        OllamaDialect(models=("llama3.1:latest", "qwen2.5:7b"))
-    ) as server:
-        yield server
-
-
-def make_provider(
-    fake: FakeProviderServer, client: httpx.AsyncClient, **overrides: Any
-) -> OllamaProvider:
-    settings: dict[str, Any] = {
-        "name": "primary",
-        "base_url": fake.base_url,
-        "model": MODEL,
-        "context_window": 8192,
-        "http_client": client,
-    }
-    settings.update(overrides)
-    return OllamaProvider(**settings)
+fake = fake_fixture(lambda: OllamaDialect(models=("llama3.1:latest", "qwen2.5:7b")))
+make_provider = provider_maker(OllamaProvider, model=MODEL, context_window=8192)
 
 
 async def test_success_posts_a_native_chat_without_streaming_or_a_key(
     fake: FakeProviderServer, client: httpx.AsyncClient
 ) -> None:
     provider = make_provider(fake, client)
-    assert isinstance(provider, Provider)
 
-    completion = await provider.complete(make_request())
+    sent = await complete_echo(provider, fake, model=MODEL, finish_reason="stop")
 
-    assert completion.content == "Enhanced: " + USER
-    assert completion.model == MODEL
-    assert completion.finish_reason == "stop"
-    assert completion.usage == TokenUsage(
-        sum(estimate_tokens(m.content) for m in MESSAGES), estimate_tokens(completion.content)
-    )
-    [sent] = fake.requests
     assert (sent.method, sent.path) == ("POST", "/api/chat")
     assert "authorization" not in sent.headers
     # The system prompt is a message; num_ctx keeps Ollama from cutting the prompt's start.
@@ -86,7 +62,7 @@ async def test_a_configured_key_is_sent_as_bearer_for_a_proxy(client: httpx.Asyn
     assert fake.requests[0].headers["authorization"] == f"Bearer {PROXY_KEY}"
     assert isinstance(error, AuthenticationFailed)
     assert str(error) == "primary: HTTP 401: unauthorized"
-    assert PROXY_KEY not in repr(keyed)
+    assert_hidden(PROXY_KEY, repr(keyed))
 
 
 async def test_a_model_that_is_not_pulled_is_an_invalid_request(

@@ -10,7 +10,6 @@ from aiproc.server.core.errors import (
     AuthenticationFailed,
     BadResponse,
     InvalidRequest,
-    ProviderError,
     ProviderTimeout,
     RateLimited,
     TransientError,
@@ -18,60 +17,28 @@ from aiproc.server.core.errors import (
 from aiproc.server.core.models import TokenUsage
 from aiproc.server.fakes.openai_server import FakeOpenAIServer, FakeReply
 from aiproc.server.providers._http_errors import retry_after_seconds
-from aiproc.server.providers.base import ChatMessage, CompletionRequest, Provider
 from aiproc.server.providers.openai import OpenAIProvider
-from aiproc.server.providers.prompt import estimate_tokens
-
-KEY = "sk-test-0123456789abcdefSECRET"
-MESSAGES = (
-    ChatMessage("system", "You are helpful."),
-    ChatMessage("user", "URL: https://example.com\n\nContent:\nSome page text."),
+from tests.providers.vendor_support import (
+    MESSAGES,
+    assert_hidden,
+    complete_echo,
+    failure,
+    make_request,
+    provider_maker,
 )
 
+KEY = "sk-test-0123456789abcdefSECRET"
 
-def make_provider(
-    fake: FakeOpenAIServer, client: httpx.AsyncClient, **overrides: Any
-) -> OpenAIProvider:
-    settings: dict[str, Any] = {
-        "name": "primary",
-        "base_url": fake.base_url,
-        "api_key": KEY,
-        "model": "gpt-test",
-        "context_window": 8192,
-        "http_client": client,
-    }
-    settings.update(overrides)
-    return OpenAIProvider(**settings)
-
-
-def make_request(*, model: str = "", timeout: float = 5.0) -> CompletionRequest:
-    return CompletionRequest(
-        messages=MESSAGES, model=model, max_tokens=256, temperature=0.2, timeout=timeout
-    )
-
-
-async def failure(provider: OpenAIProvider, request: CompletionRequest | None = None) -> Exception:
-    with pytest.raises(ProviderError) as caught:
-        await provider.complete(request or make_request())
-    assert caught.value.provider == provider.name
-    return caught.value
+make_provider = provider_maker(OpenAIProvider, api_key=KEY, model="gpt-test", context_window=8192)
 
 
 async def test_success_parses_content_model_usage_and_sends_the_key(
     fake: FakeOpenAIServer, client: httpx.AsyncClient
 ) -> None:
     provider = make_provider(fake, client)
-    assert isinstance(provider, Provider)
 
-    completion = await provider.complete(make_request())
+    sent = await complete_echo(provider, fake, model="gpt-test", finish_reason="stop")
 
-    assert completion.content == "Enhanced: " + MESSAGES[1].content
-    assert completion.model == "gpt-test"
-    assert completion.finish_reason == "stop"
-    assert completion.usage == TokenUsage(
-        sum(estimate_tokens(m.content) for m in MESSAGES), estimate_tokens(completion.content)
-    )
-    [sent] = fake.requests
     assert (sent.method, sent.path) == ("POST", "/v1/chat/completions")
     assert sent.headers["authorization"] == f"Bearer {KEY}"
     assert sent.body == {
@@ -147,7 +114,7 @@ async def test_429_is_rate_limited_with_the_hinted_wait(
 ) -> None:
     fake.enqueue(FakeReply(status=429, headers=headers))
 
-    error = await failure(make_provider(fake, client))
+    error = await failure(make_provider(fake, client).complete(make_request()))
 
     assert isinstance(error, RateLimited)
     assert error.retryable
@@ -169,8 +136,8 @@ async def test_503_with_retry_after_is_rate_limited_and_without_is_transient(
     fake.enqueue(FakeReply(status=503, headers={"Retry-After": "3"}), FakeReply(status=503))
     provider = make_provider(fake, client)
 
-    limited = await failure(provider)
-    transient = await failure(provider)
+    limited = await failure(provider.complete(make_request()))
+    transient = await failure(provider.complete(make_request()))
 
     assert isinstance(limited, RateLimited)
     assert limited.retry_after == 3.0
@@ -200,7 +167,7 @@ async def test_status_codes_map_to_domain_errors(
 ) -> None:
     fake.fail_next(1, status=status)
 
-    error = await failure(make_provider(fake, client))
+    error = await failure(make_provider(fake, client).complete(make_request()))
 
     assert type(error) is error_type
     assert f"primary: HTTP {status}: fake error {status}" in str(error)
@@ -216,13 +183,12 @@ async def test_error_messages_are_short_and_never_show_the_key(
     body = {"error": {"message": vendor_message, "type": "invalid_request_error", "code": "x"}}
     fake.enqueue(FakeReply(status=400, body=body))
 
-    error = await failure(make_provider(fake, client))
+    error = await failure(make_provider(fake, client).complete(make_request()))
 
     message = str(error)
     assert isinstance(error, InvalidRequest)
     assert message.startswith("primary: HTTP 400: Incorrect API key provided: [redacted]")
-    assert KEY not in message
-    assert "SECRET" not in message
+    assert_hidden(KEY, message)
     assert "\n" not in message
     assert message.endswith("…")
     assert len(message) <= len("primary: HTTP 400: ") + 201
@@ -232,8 +198,9 @@ async def test_a_key_not_shaped_like_openai_keys_is_redacted_too(
     fake: FakeOpenAIServer, client: httpx.AsyncClient
 ) -> None:
     fake.enqueue(FakeReply(status=401, body={"error": {"message": "bad key local-key-42"}}))
+    provider = make_provider(fake, client, api_key="local-key-42")
 
-    error = await failure(make_provider(fake, client, api_key="local-key-42"))
+    error = await failure(provider.complete(make_request()))
 
     assert isinstance(error, AuthenticationFailed)
     assert str(error) == "primary: HTTP 401: bad key [redacted]"
@@ -245,7 +212,7 @@ async def test_a_non_json_error_page_is_excerpted(
     page = "<html><body><h1>502 Bad Gateway</h1>" + "<p>nginx</p>" * 100 + "</body></html>"
     fake.enqueue(FakeReply(status=502, body=page, headers={"Content-Type": "text/html"}))
 
-    error = await failure(make_provider(fake, client))
+    error = await failure(make_provider(fake, client).complete(make_request()))
 
     assert isinstance(error, TransientError)
     assert "<h1>502 Bad Gateway</h1>" in str(error)
@@ -269,7 +236,7 @@ async def test_unusable_answers_are_bad_responses(
 ) -> None:
     fake.enqueue(FakeReply(body=body))
 
-    error = await failure(make_provider(fake, client))
+    error = await failure(make_provider(fake, client).complete(make_request()))
 
     assert isinstance(error, BadResponse)
     assert error.retryable
@@ -280,7 +247,7 @@ async def test_an_oversized_body_is_a_bad_response(
 ) -> None:
     fake.enqueue(FakeReply(body=b'{"choices": "' + b"x" * (9 * 1024 * 1024) + b'"}'))
 
-    error = await failure(make_provider(fake, client))
+    error = await failure(make_provider(fake, client).complete(make_request()))
 
     assert isinstance(error, BadResponse)
     assert "larger than" in str(error)
@@ -292,7 +259,7 @@ async def test_a_dropped_connection_is_transient(
     fake.enqueue(FakeReply(drop_connection=True))
     provider = make_provider(fake, client)
 
-    error = await failure(provider)
+    error = await failure(provider.complete(make_request()))
 
     assert type(error) is TransientError
     assert error.retryable
@@ -306,7 +273,7 @@ async def test_a_hanging_server_is_a_timeout(
 ) -> None:
     fake.enqueue(FakeReply(hang=True))
 
-    error = await failure(make_provider(fake, client), make_request(timeout=0.2))
+    error = await failure(make_provider(fake, client).complete(make_request(timeout=0.2)))
 
     assert isinstance(error, ProviderTimeout)
     assert "0.2s" in str(error)
@@ -318,7 +285,7 @@ async def test_request_timeout_caps_the_call_timeout(
     fake.enqueue(FakeReply(hang=True))
     provider = make_provider(fake, client, request_timeout=0.1)
 
-    error = await failure(provider, make_request(timeout=30.0))
+    error = await failure(provider.complete(make_request(timeout=30.0)))
 
     assert isinstance(error, ProviderTimeout)
     assert "0.1s" in str(error)
@@ -329,7 +296,7 @@ async def test_a_refused_connection_is_transient(client: httpx.AsyncClient) -> N
         provider = make_provider(fake, client)
     # The fake has stopped: its port now refuses connections.
 
-    error = await failure(provider)
+    error = await failure(provider.complete(make_request()))
 
     assert type(error) is TransientError
     assert "network error" in str(error)
@@ -387,10 +354,9 @@ async def test_an_unhealthy_endpoint_fails_the_check_with_a_domain_error(
 ) -> None:
     fake.enqueue(reply)
 
-    with pytest.raises(ProviderError) as caught:
-        await make_provider(fake, client).check_health(timeout=5.0)
+    error = await failure(make_provider(fake, client).check_health(timeout=5.0))
 
-    assert type(caught.value) is error_type
+    assert type(error) is error_type
     assert [r.method for r in fake.requests] == ["GET"]
 
 
@@ -409,7 +375,7 @@ async def test_a_content_filtered_answer_is_an_invalid_request(
     choice = {"message": {"content": None}, "finish_reason": "content_filter"}
     fake.enqueue(FakeReply(body={"choices": [choice]}))
 
-    error = await failure(make_provider(fake, client))
+    error = await failure(make_provider(fake, client).complete(make_request()))
 
     assert isinstance(error, InvalidRequest)
     assert not error.retryable

@@ -1,0 +1,331 @@
+"""What tracing costs: the same workload with telemetry off and on, in one process.
+
+    .venv/bin/python bench/tracing_overhead.py            # 3 x (off, on), 2,000 tasks each
+    .venv/bin/python bench/tracing_overhead.py --quick    # 2 x (off, on), 400 tasks each
+
+Each round starts an in-process aiproc server (AiprocServer.start) in front of
+a fake OpenAI-compatible provider answering at once, and queues N tasks through
+the Python client, `--concurrency` of them in flight at a time. "on" rounds trace
+every task (sampler ratio 1) and export spans and metrics over OTLP/gRPC to a
+sink in another process (bench/otlp_sink.py), so receiving costs the measured
+process nothing. Rounds alternate off, on, off, on... after one untimed warm-up;
+the medians are compared. Prints one table and writes bench/results/tracing.json.
+
+OTEL_* variables of the calling shell are ignored: the rounds differ only in
+what the script sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiproc.client import AsyncClient, TaskResult
+from aiproc.server.app import AiprocServer
+from aiproc.server.config import Config, ProviderConfig, load_config, validate
+from aiproc.server.fakes.openai_server import FakeOpenAIServer
+from aiproc.server.telemetry.setup import Telemetry
+
+HERE = Path(__file__).resolve().parent
+SINK = HERE / "otlp_sink.py"
+RESULTS = HERE / "results" / "tracing.json"
+LISTENING = "otlp sink listening on "
+CONTENT = (
+    "Widgets are small devices that make everyday work easier. They come in many sizes. "
+    "Engineers design widgets for reliability, and users appreciate their simplicity."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    number: int
+    telemetry: str
+    """off or on."""
+    tasks: int
+    failed: int
+    seconds: float
+    cpu_seconds: float
+    spans: int | None
+    """Spans the sink received; None with telemetry off."""
+    metric_points: int | None
+    export_bytes: int | None
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.tasks / self.seconds
+
+    @property
+    def cpu_ms_per_task(self) -> float:
+        return 1000 * self.cpu_seconds / self.tasks
+
+
+@dataclass(frozen=True, slots=True)
+class SinkCounts:
+    requests: int
+    bytes: int
+    spans: int
+    metric_points: int
+    log_records: int
+
+
+class Sink:
+    """bench/otlp_sink.py in a child process."""
+
+    def __init__(self, process: asyncio.subprocess.Process, endpoint: str) -> None:
+        self._process = process
+        self.endpoint = endpoint
+
+    @classmethod
+    async def start(cls) -> Sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(SINK), stdout=asyncio.subprocess.PIPE
+        )
+        assert process.stdout is not None
+        try:
+            async with asyncio.timeout(20):
+                line = (await process.stdout.readline()).decode().strip()
+        except BaseException:
+            process.kill()
+            await process.wait()
+            raise
+        if not line.startswith(LISTENING):
+            process.kill()
+            await process.wait()
+            raise RuntimeError(f"the OTLP sink did not start: {line!r}")
+        return cls(process, "http://" + line.removeprefix(LISTENING))
+
+    async def stop(self) -> SinkCounts:
+        """Stops the sink and returns what it received."""
+        self._process.send_signal(signal.SIGTERM)
+        assert self._process.stdout is not None
+        async with asyncio.timeout(20):
+            output = await self._process.stdout.read()
+            await self._process.wait()
+        return SinkCounts(**json.loads(output.decode().strip().splitlines()[-1]))
+
+    async def kill(self) -> None:
+        if self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+
+
+def bench_config(fake: FakeOpenAIServer, concurrency: int, sink: Sink | None) -> Config:
+    """A server that never waits on its own limits: only CPU bounds the throughput."""
+    telemetry: dict[str, object] = {"enabled": False}
+    if sink is not None:
+        telemetry = {"enabled": True, "otlp_endpoint": sink.endpoint, "sampler_ratio": 1.0}
+    config = load_config(
+        env={},
+        overrides={
+            "server": {"listen": "127.0.0.1:0"},
+            "processor": {
+                "num_workers": concurrency,
+                "queue_size": 10 * concurrency,
+                "max_concurrent_requests": concurrency,
+                "rate_limit_rps": 1_000_000.0,
+                "rate_limit_burst": 1_000_000,
+            },
+            "health": {"enabled": False},
+            "telemetry": telemetry,
+        },
+    )
+    provider = ProviderConfig(
+        name="fake",
+        kind="openai",
+        base_url=fake.base_url,
+        model="gpt-4o-mini",
+        max_concurrent_requests=concurrency,
+    )
+    config = replace(config, providers=(provider,))
+    validate(config)
+    return config
+
+
+async def drive(address: str, tasks: int, concurrency: int) -> tuple[float, int]:
+    """Queues `tasks` tasks, `concurrency` in flight at a time, on one result stream.
+
+    Returns the seconds from the first QueueTask to the last result, and the failures.
+    """
+    loop = asyncio.get_running_loop()
+    waiting: dict[str, asyncio.Future[TaskResult]] = {}
+    failed = 0
+
+    def result_of(task_id: str) -> asyncio.Future[TaskResult]:
+        # A result may come before QueueTask's answer: whoever is first makes the future.
+        return waiting.setdefault(task_id, loop.create_future())
+
+    async with (
+        AsyncClient(address, client_id=f"bench-{uuid.uuid4().hex[:8]}", timeout=60.0) as client,
+        client.stream(all_tasks=True) as stream,
+    ):
+
+        async def receive() -> None:
+            async for item in stream:
+                if isinstance(item, TaskResult):
+                    future = result_of(item.task_id)
+                    if not future.done():
+                        future.set_result(item)
+
+        async def worker(count: int) -> None:
+            nonlocal failed
+            for _ in range(count):
+                queued = await client.queue("https://example.com/bench", CONTENT)
+                result = await result_of(queued.task_id)
+                del waiting[queued.task_id]
+                await stream.ack([queued.task_id])
+                failed += not result.success
+
+        receiving = asyncio.create_task(receive())
+        share, extra = divmod(tasks, concurrency)
+        started = time.perf_counter()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for index in range(concurrency):
+                    group.create_task(worker(share + (index < extra)))
+            elapsed = time.perf_counter() - started
+        finally:
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiving
+    return elapsed, failed
+
+
+async def run_round(
+    number: int, on: bool, fake: FakeOpenAIServer, tasks: int, concurrency: int
+) -> Round:
+    sink = await Sink.start() if on else None
+    try:
+        config = bench_config(fake, concurrency, sink)
+        # env={}: the calling shell's OTEL_* variables must not turn an "off" round on.
+        telemetry = Telemetry.start(config.telemetry, env={})
+        server = await AiprocServer.start(config, env={}, telemetry=telemetry)
+        cpu_before = time.process_time()
+        try:
+            seconds, failed = await drive(server.address, tasks, concurrency)
+            cpu_seconds = time.process_time() - cpu_before
+        finally:
+            await server.stop(grace=5.0)
+            # Flushes what is still batched; blocking, so off the loop.
+            await asyncio.to_thread(telemetry.shutdown)
+        counts = await sink.stop() if sink is not None else None
+    finally:
+        if sink is not None:
+            await sink.kill()
+    return Round(
+        number=number,
+        telemetry="on" if on else "off",
+        tasks=tasks,
+        failed=failed,
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
+        spans=counts.spans if counts else None,
+        metric_points=counts.metric_points if counts else None,
+        export_bytes=counts.bytes if counts else None,
+    )
+
+
+def median(rounds: list[Round], telemetry: str, key: str) -> float:
+    return statistics.median(float(getattr(r, key)) for r in rounds if r.telemetry == telemetry)
+
+
+def report(rounds: list[Round], tasks: int, concurrency: int, warmup: int) -> dict[str, Any]:
+    off = median(rounds, "off", "tasks_per_s")
+    on = median(rounds, "on", "tasks_per_s")
+    cpu_off = median(rounds, "off", "cpu_ms_per_task")
+    cpu_on = median(rounds, "on", "cpu_ms_per_task")
+    print(
+        f"\ntracing overhead: {tasks} tasks a round, {concurrency} in flight, "
+        f"fake provider at 0 ms, {warmup}-task warm-up not counted"
+    )
+    print(f"{'round':>5}  {'telemetry':<9}  {'tasks/s':>9}  {'cpu ms/task':>11}  {'spans':>8}")
+    for r in rounds:
+        spans = "-" if r.spans is None else str(r.spans)
+        failed = f"  ({r.failed} failed)" if r.failed else ""
+        print(
+            f"{r.number:>5}  {r.telemetry:<9}  {r.tasks_per_s:>9.1f}  "
+            f"{r.cpu_ms_per_task:>11.3f}  {spans:>8}{failed}"
+        )
+    ratio = on / off
+    print(
+        f"median  off {off:.1f} tasks/s, on {on:.1f} tasks/s: on/off = {ratio:.3f} "
+        f"({100 * (1 - ratio):+.1f}% throughput lost); "
+        f"cpu {cpu_off:.3f} -> {cpu_on:.3f} ms/task"
+    )
+    on_spans = [r.spans / r.tasks for r in rounds if r.spans is not None]
+    if on_spans:
+        print(f"spans exported per task (on rounds): {statistics.median(on_spans):.2f}")
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "tasks_per_round": tasks,
+        "concurrency": concurrency,
+        "warmup_tasks": warmup,
+        "provider_latency_ms": 0,
+        "tasks_per_s": {"off": round(off, 1), "on": round(on, 1)},
+        "ratio_on_off": round(ratio, 4),
+        "cpu_ms_per_task": {"off": round(cpu_off, 4), "on": round(cpu_on, 4)},
+        "spans_per_task_on": round(statistics.median(on_spans), 2) if on_spans else None,
+        "rounds": [{**asdict(r), "tasks_per_s": round(r.tasks_per_s, 1)} for r in rounds],
+    }
+
+
+async def main_async(tasks: int, pairs: int, concurrency: int, warmup: int) -> dict[str, Any]:
+    async with FakeOpenAIServer(record=False) as fake:
+        # The first server in a process pays for imports and first connections.
+        await run_round(0, False, fake, warmup, concurrency)
+        rounds: list[Round] = []
+        for number in range(1, 2 * pairs + 1):
+            on = number % 2 == 0
+            rounds.append(await run_round(number, on, fake, tasks, concurrency))
+            print(
+                f"round {number} ({'on' if on else 'off'}): {rounds[-1].tasks_per_s:.1f} tasks/s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return report(rounds, tasks, concurrency, warmup)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="2 pairs of 400 tasks (< 2 min)")
+    parser.add_argument("--tasks", type=int, help="tasks a round (default 2000; quick 400)")
+    parser.add_argument("--pairs", type=int, help="(off, on) pairs (default 3; quick 2)")
+    parser.add_argument("--concurrency", type=int, default=64, help="tasks in flight (64)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"default {RESULTS}")
+    args = parser.parse_args(argv)
+    args.tasks = args.tasks or (400 if args.quick else 2000)
+    args.pairs = args.pairs or (2 if args.quick else 3)
+    if min(args.tasks, args.pairs, args.concurrency) < 1:
+        parser.error("--tasks, --pairs and --concurrency must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        # The exporters read some settings (OTEL_BSP_*, timeouts) from the process environment.
+        del os.environ[name]
+    warmup = min(args.tasks, 200)
+    result = asyncio.run(main_async(args.tasks, args.pairs, args.concurrency, warmup))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

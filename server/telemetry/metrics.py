@@ -1,0 +1,170 @@
+"""The service's metrics: tasks, queue, provider calls, tokens, retries, rate limits, breakers.
+
+Our own instruments are named `aiproc.*`; provider calls are also recorded
+in the OpenTelemetry GenAI semantic conventions (`gen_ai.client.*`), so
+GenAI dashboards work unchanged. With a no-op meter (telemetry off) every
+method builds a dict or two and calls instruments that do nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from aiproc.server.telemetry import genai
+
+__all__ = ["BREAKER_STATES", "Metrics"]
+
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+"""The value `aiproc.provider.breaker_state` reports for each breaker state."""
+
+# Seconds: from a queue that is empty (milliseconds) to one that is backed up (minutes).
+_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# The GenAI conventions' advice for gen_ai.client.operation.duration (10 ms
+# doubling up to 82 s), which suits whole tasks as well, and for
+# gen_ai.client.token.usage (powers of 4 up to 4^13).
+_DURATION_BUCKETS = tuple(round(0.01 * 2**i, 2) for i in range(14))
+_TOKEN_BUCKETS = tuple(4**i for i in range(14))
+
+
+class Metrics:
+    """Records the service's measurements on `meter`; the gauges read the two callbacks.
+
+    `queue_depths` returns tasks waiting per priority name and
+    `breaker_states` a value of BREAKER_STATES per provider name. Both are
+    called on the exporter's thread (periodic export, Prometheus scrape), so
+    they must only read, and return a snapshot.
+    """
+
+    def __init__(
+        self,
+        meter: Meter,
+        queue_depths: Callable[[], Mapping[str, int]],
+        breaker_states: Callable[[], Mapping[str, int]],
+    ) -> None:
+        self._tasks = meter.create_counter(
+            "aiproc.tasks", unit="{task}", description="Tasks finished, by outcome."
+        )
+        self._queue_wait = meter.create_histogram(
+            "aiproc.task.queue_wait",
+            unit="s",
+            description="Time a task waited in the queue before a worker took it.",
+            explicit_bucket_boundaries_advisory=_WAIT_BUCKETS,
+        )
+        self._processing = meter.create_histogram(
+            "aiproc.task.processing",
+            unit="s",
+            description="Time from a worker taking a task to its outcome, retries included.",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self._provider_duration = meter.create_histogram(
+            "aiproc.provider.duration",
+            unit="s",
+            description="Duration of one call to a provider.",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self._provider_tokens = meter.create_counter(
+            "aiproc.provider.tokens",
+            unit="{token}",
+            description="Tokens sent to and received from providers, as they report them.",
+        )
+        self._genai_duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self._genai_tokens = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+        )
+        self._retries = meter.create_counter(
+            "aiproc.retries", unit="{retry}", description="Task attempts retried after an error."
+        )
+        self._rate_limit_waits = meter.create_counter(
+            "aiproc.rate_limit.waits",
+            unit="{wait}",
+            description="Provider calls that had to wait for the rate limiter.",
+        )
+        meter.create_observable_gauge(
+            "aiproc.queue.depth",
+            callbacks=[_observe(queue_depths, "priority")],
+            unit="{task}",
+            description="Tasks waiting in the queue, by priority.",
+        )
+        meter.create_observable_gauge(
+            "aiproc.provider.breaker_state",
+            callbacks=[_observe(breaker_states, "provider")],
+            description="Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.",
+        )
+
+    def task_finished(
+        self,
+        outcome: str,
+        error_code: str | None,
+        queue_wait: float | None,
+        processing: float | None,
+    ) -> None:
+        """Counts a task that ended `outcome` (succeeded, failed or cancelled) and its durations.
+
+        `error_code` names why a failed task failed; a duration is None when
+        the task never got there (cancelled while queued, say).
+        """
+        attributes = {"outcome": outcome}
+        if error_code is not None:
+            attributes[genai.ERROR_TYPE] = error_code
+        self._tasks.add(1, attributes)
+        if queue_wait is not None:
+            self._queue_wait.record(queue_wait)
+        if processing is not None:
+            self._processing.record(processing, {"outcome": outcome})
+
+    def provider_call(
+        self,
+        provider: str,
+        kind: str,
+        model: str,
+        duration: float,
+        outcome: str,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        error_type: str | None,
+    ) -> None:
+        """Records one call to `provider` (of `kind`, e.g. openai) and the tokens it reported.
+
+        Token counts are None when the provider reported none; `error_type`
+        names the error class when the call failed.
+        """
+        self._provider_duration.record(duration, {"provider": provider, "outcome": outcome})
+        call = {
+            genai.OPERATION_NAME: genai.OPERATION,
+            genai.PROVIDER_NAME: genai.provider_name(kind),
+            genai.REQUEST_MODEL: model,
+        }
+        self._genai_duration.record(
+            duration, call if error_type is None else {**call, genai.ERROR_TYPE: error_type}
+        )
+        for direction, tokens in (("input", input_tokens), ("output", output_tokens)):
+            if tokens is not None:
+                self._provider_tokens.add(tokens, {"provider": provider, "direction": direction})
+                self._genai_tokens.record(tokens, {**call, "gen_ai.token.type": direction})
+
+    def retried(self) -> None:
+        """Counts one retry of a task attempt."""
+        self._retries.add(1)
+
+    def rate_limit_waited(self) -> None:
+        """Counts one provider call held back by the rate limiter."""
+        self._rate_limit_waits.add(1)
+
+
+def _observe(
+    read: Callable[[], Mapping[str, int]], key: str
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def callback(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(value, {key: name}) for name, value in read().items()]
+
+    return callback

@@ -1,0 +1,35 @@
+"""W3C trace context in and out of carriers: gRPC metadata and the stored task.
+
+The context a task was queued in is kept with the task (a small dict of
+`traceparent` / `tracestate`), so the worker that runs it, later, continues
+the same trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from opentelemetry import propagate
+from opentelemetry.context import Context
+
+
+def inject_current() -> dict[str, str]:
+    """The current trace context as a carrier; empty when there is no recording span."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract(carrier: Mapping[str, str]) -> Context:
+    """The context a carrier holds (an empty one when it holds none)."""
+    return propagate.extract(carrier)
+
+
+def context_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Context:
+    """The caller's trace context from gRPC invocation metadata (`traceparent`, ...)."""
+    carrier = {
+        key: value.decode("ascii", "replace") if isinstance(value, bytes) else value
+        for key, value in metadata or ()
+        if not key.endswith("-bin")
+    }
+    return propagate.extract(carrier)
