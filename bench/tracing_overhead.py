@@ -19,34 +19,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import platform
 import signal
 import statistics
 import sys
-import time
-import uuid
-from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aiproc.client import AsyncClient, TaskResult
-from aiproc.server.app import AiprocServer
-from aiproc.server.config import Config, ProviderConfig, load_config, validate
+import _harness
+
+from aiproc.server.config import Config
 from aiproc.server.fakes.openai_server import FakeOpenAIServer
-from aiproc.server.telemetry.setup import Telemetry
 
 HERE = Path(__file__).resolve().parent
 SINK = HERE / "otlp_sink.py"
 RESULTS = HERE / "results" / "tracing.json"
 LISTENING = "otlp sink listening on "
-CONTENT = (
-    "Widgets are small devices that make everyday work easier. They come in many sizes. "
-    "Engineers design widgets for reliability, and users appreciate their simplicity."
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,84 +113,17 @@ class Sink:
 
 
 def bench_config(fake: FakeOpenAIServer, concurrency: int, sink: Sink | None) -> Config:
-    """A server that never waits on its own limits: only CPU bounds the throughput."""
+    """A server that never waits on its own limits (nor on a disk): only CPU bounds it."""
     telemetry: dict[str, object] = {"enabled": False}
     if sink is not None:
         telemetry = {"enabled": True, "otlp_endpoint": sink.endpoint, "sampler_ratio": 1.0}
-    config = load_config(
-        env={},
-        overrides={
-            "server": {"listen": "127.0.0.1:0"},
-            "processor": {
-                "num_workers": concurrency,
-                "queue_size": 10 * concurrency,
-                "max_concurrent_requests": concurrency,
-                "rate_limit_rps": 1_000_000.0,
-                "rate_limit_burst": 1_000_000,
-            },
-            "health": {"enabled": False},
-            "telemetry": telemetry,
-        },
+    return _harness.bench_config(
+        fake,
+        concurrency,
+        # In memory: the rounds should differ by telemetry only, not by disk writes.
+        server={"store": "memory"},
+        telemetry=telemetry,
     )
-    provider = ProviderConfig(
-        name="fake",
-        kind="openai",
-        base_url=fake.base_url,
-        model="gpt-4o-mini",
-        max_concurrent_requests=concurrency,
-    )
-    config = replace(config, providers=(provider,))
-    validate(config)
-    return config
-
-
-async def drive(address: str, tasks: int, concurrency: int) -> tuple[float, int]:
-    """Queues `tasks` tasks, `concurrency` in flight at a time, on one result stream.
-
-    Returns the seconds from the first QueueTask to the last result, and the failures.
-    """
-    loop = asyncio.get_running_loop()
-    waiting: dict[str, asyncio.Future[TaskResult]] = {}
-    failed = 0
-
-    def result_of(task_id: str) -> asyncio.Future[TaskResult]:
-        # A result may come before QueueTask's answer: whoever is first makes the future.
-        return waiting.setdefault(task_id, loop.create_future())
-
-    async with (
-        AsyncClient(address, client_id=f"bench-{uuid.uuid4().hex[:8]}", timeout=60.0) as client,
-        client.stream(all_tasks=True) as stream,
-    ):
-
-        async def receive() -> None:
-            async for item in stream:
-                if isinstance(item, TaskResult):
-                    future = result_of(item.task_id)
-                    if not future.done():
-                        future.set_result(item)
-
-        async def worker(count: int) -> None:
-            nonlocal failed
-            for _ in range(count):
-                queued = await client.queue("https://example.com/bench", CONTENT)
-                result = await result_of(queued.task_id)
-                del waiting[queued.task_id]
-                await stream.ack([queued.task_id])
-                failed += not result.success
-
-        receiving = asyncio.create_task(receive())
-        share, extra = divmod(tasks, concurrency)
-        started = time.perf_counter()
-        try:
-            async with asyncio.TaskGroup() as group:
-                for index in range(concurrency):
-                    group.create_task(worker(share + (index < extra)))
-            elapsed = time.perf_counter() - started
-        finally:
-            receiving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await receiving
-    return elapsed, failed
 
 
 async def run_round(
@@ -208,18 +131,7 @@ async def run_round(
 ) -> Round:
     sink = await Sink.start() if on else None
     try:
-        config = bench_config(fake, concurrency, sink)
-        # env={}: the calling shell's OTEL_* variables must not turn an "off" round on.
-        telemetry = Telemetry.start(config.telemetry, env={})
-        server = await AiprocServer.start(config, env={}, telemetry=telemetry)
-        cpu_before = time.process_time()
-        try:
-            seconds, failed = await drive(server.address, tasks, concurrency)
-            cpu_seconds = time.process_time() - cpu_before
-        finally:
-            await server.stop(grace=5.0)
-            # Flushes what is still batched; blocking, so off the loop.
-            await asyncio.to_thread(telemetry.shutdown)
+        timing = await _harness.run_round(bench_config(fake, concurrency, sink), tasks, concurrency)
         counts = await sink.stop() if sink is not None else None
     finally:
         if sink is not None:
@@ -228,9 +140,9 @@ async def run_round(
         number=number,
         telemetry="on" if on else "off",
         tasks=tasks,
-        failed=failed,
-        seconds=seconds,
-        cpu_seconds=cpu_seconds,
+        failed=timing.failed,
+        seconds=timing.seconds,
+        cpu_seconds=timing.cpu_seconds,
         spans=counts.spans if counts else None,
         metric_points=counts.metric_points if counts else None,
         export_bytes=counts.bytes if counts else None,
@@ -261,16 +173,14 @@ def report(rounds: list[Round], tasks: int, concurrency: int, warmup: int) -> di
     ratio = on / off
     print(
         f"median  off {off:.1f} tasks/s, on {on:.1f} tasks/s: on/off = {ratio:.3f} "
-        f"({100 * (1 - ratio):+.1f}% throughput lost); "
+        f"({100 * (1 - ratio):.1f}% of the throughput lost); "
         f"cpu {cpu_off:.3f} -> {cpu_on:.3f} ms/task"
     )
     on_spans = [r.spans / r.tasks for r in rounds if r.spans is not None]
     if on_spans:
         print(f"spans exported per task (on rounds): {statistics.median(on_spans):.2f}")
     return {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        **_harness.environment(),
         "tasks_per_round": tasks,
         "concurrency": concurrency,
         "warmup_tasks": warmup,
@@ -321,9 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         del os.environ[name]
     warmup = min(args.tasks, 200)
     result = asyncio.run(main_async(args.tasks, args.pairs, args.concurrency, warmup))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.output}")
+    _harness.write_result(args.output, result)
     return 0
 
 

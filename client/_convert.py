@@ -6,7 +6,7 @@ mapping (`aiproc.client.jsonout`) exactly as the server sent it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -68,6 +68,7 @@ _ERROR_TO_PB = {
     ErrorCode.SHUTDOWN: task_pb2.ERROR_CODE_SHUTDOWN,
     ErrorCode.INTERNAL: task_pb2.ERROR_CODE_INTERNAL,
     ErrorCode.BAD_RESPONSE: task_pb2.ERROR_CODE_BAD_RESPONSE,
+    ErrorCode.CRASHED: task_pb2.ERROR_CODE_CRASHED,
 }
 _PROGRESS_TO_PB = {
     ProgressKind.UNSPECIFIED: pb.PROGRESS_KIND_UNSPECIFIED,
@@ -331,6 +332,14 @@ def task_to_proto(info: TaskInfo) -> task_pb2.Task:
     if info.result is not None:
         message.result.CopyFrom(result_to_proto(info.result))
     return message
+
+
+def tasks_from_proto(message: pb.ListTasksResponse) -> list[TaskInfo]:
+    return [task_from_proto(task) for task in message.tasks]
+
+
+def tasks_to_proto(tasks: Sequence[TaskInfo]) -> pb.ListTasksResponse:
+    return pb.ListTasksResponse(tasks=[task_to_proto(info) for info in tasks])
 
 
 def _latency_from_proto(message: pb.LatencySummary) -> LatencySummary:

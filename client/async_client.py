@@ -13,8 +13,10 @@ from aiproc.client._convert import (
     queued_from_proto,
     spec_to_proto,
     state_from_proto,
+    state_to_proto,
     stats_from_proto,
     task_from_proto,
+    tasks_from_proto,
 )
 from aiproc.client._receiver import Receiver
 from aiproc.client._retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, call_with_retry
@@ -47,8 +49,9 @@ class AsyncClient:
 
     `timeout` is each call's deadline in seconds unless the call passes its
     own. `client_id` is sent as `aiproc-client-id` on every call: tasks and
-    results belong to it. Reads (get, stats, cancel) and queue calls with an
-    idempotency key are retried on UNAVAILABLE within their deadline.
+    results belong to it. Reads (get, list_tasks, stats), cancel and queue calls
+    with an idempotency key are retried on UNAVAILABLE within their deadline;
+    requeue never is.
     """
 
     def __init__(
@@ -216,6 +219,42 @@ class AsyncClient:
 
         # Cancelling twice changes nothing, so a retry is safe.
         return state_from_proto((await self._call(attempt, timeout, self._retry)).state)
+
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | str | None = None,
+        limit: int = 100,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, by design
+    ) -> list[TaskInfo]:
+        """This client identity's tasks, oldest first, at most `limit` of them.
+
+        `state` keeps only tasks in that state (None or UNSPECIFIED: any state);
+        `limit` 0 means the server's default (100); the server refuses more than
+        10,000 with InvalidArgument.
+        """
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        wanted = TaskState.UNSPECIFIED if state is None else TaskState(state)
+        request = pb.ListTasksRequest(state=state_to_proto(wanted), limit=limit)
+
+        async def attempt(seconds: float) -> pb.ListTasksResponse:
+            return await self._stub().ListTasks(request, timeout=seconds, metadata=self._metadata)
+
+        return tasks_from_proto(await self._call(attempt, timeout, self._retry))
+
+    async def requeue(self, task_id: str, *, timeout: float | None = None) -> TaskState:  # noqa: ASYNC109
+        """Queues a finished task (succeeded, failed, dead-lettered or cancelled) again,
+        forgetting its result; returns QUEUED. FailedPrecondition while it is queued or
+        running."""
+        request = pb.RequeueTaskRequest(task_id=task_id)
+
+        async def attempt(seconds: float) -> pb.RequeueTaskResponse:
+            return await self._stub().RequeueTask(request, timeout=seconds, metadata=self._metadata)
+
+        # Never retried: an UNAVAILABLE may hide a requeue that took effect, and a
+        # repeat after the task ran again would run it a third time.
+        return state_from_proto((await self._call(attempt, timeout, NO_RETRY)).state)
 
     async def stats(self, *, timeout: float | None = None) -> Stats:  # noqa: ASYNC109
         """Queue, worker, counter, latency and provider statistics."""

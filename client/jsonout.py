@@ -18,6 +18,7 @@ from aiproc.client._convert import (
     state_to_proto,
     stats_to_proto,
     task_to_proto,
+    tasks_to_proto,
 )
 from aiproc.client.models import (
     ProgressEvent,
@@ -30,13 +31,26 @@ from aiproc.client.models import (
 )
 from aiproc.v1 import processor_service_pb2 as pb
 
-Printable = QueuedTask | TaskResult | ProgressEvent | ProviderEvent | TaskInfo | Stats | TaskState
+Printable = (
+    QueuedTask
+    | TaskResult
+    | ProgressEvent
+    | ProviderEvent
+    | TaskInfo
+    | list[TaskInfo]
+    | Stats
+    | TaskState
+)
 
 
 def to_message(obj: Printable) -> Message:
     """The message `obj` stands for: the response of the call that returned it, or for a
     result or progress event, the message as StreamResults carries it, or for a provider
-    event, the WatchEventsResponse that carried it."""
+    event, the WatchEventsResponse that carried it.
+
+    A list of tasks (from `list_tasks`) is a ListTasksResponse. A state (from `cancel`
+    or `requeue`) is a CancelTaskResponse, whose JSON is that of a RequeueTaskResponse.
+    """
     match obj:
         case QueuedTask():
             return queued_to_proto(obj)
@@ -48,6 +62,8 @@ def to_message(obj: Printable) -> Message:
             return pb.WatchEventsResponse(event=provider_event_to_proto(obj))
         case TaskInfo():
             return pb.GetTaskResponse(task=task_to_proto(obj))
+        case list():
+            return tasks_to_proto(obj)
         case Stats():
             return stats_to_proto(obj)
         case TaskState():

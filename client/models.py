@@ -51,6 +51,9 @@ class ErrorCode(enum.StrEnum):
     SHUTDOWN = "shutdown"
     INTERNAL = "internal"
     BAD_RESPONSE = "bad_response"
+    CRASHED = "crashed"
+    """Dead letter: the server died while running the task, server.max_crashes times in
+    a row; it does not run again unless requeued."""
     UNSPECIFIED = "unspecified"
     """The server sent no code, or one this client does not know."""
 

@@ -132,6 +132,20 @@ class Client:
         """Cancels a live task; returns CANCELLED, or the terminal state it already had."""
         return self._run(self._client.cancel(task_id, timeout=timeout))
 
+    def list_tasks(
+        self,
+        *,
+        state: TaskState | str | None = None,
+        limit: int = 100,
+        timeout: float | None = None,
+    ) -> list[TaskInfo]:
+        """This client identity's tasks, oldest first (see `AsyncClient.list_tasks`)."""
+        return self._run(self._client.list_tasks(state=state, limit=limit, timeout=timeout))
+
+    def requeue(self, task_id: str, *, timeout: float | None = None) -> TaskState:
+        """Queues a finished task again and returns QUEUED (see `AsyncClient.requeue`)."""
+        return self._run(self._client.requeue(task_id, timeout=timeout))
+
     def stats(self, *, timeout: float | None = None) -> Stats:
         """Queue, worker, counter, latency and provider statistics."""
         return self._run(self._client.stats(timeout=timeout))

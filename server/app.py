@@ -21,7 +21,7 @@ from aiproc.server.providers.base import Provider
 from aiproc.server.providers.http import create_http_client
 from aiproc.server.providers.registry import build_providers
 from aiproc.server.resilience.clock import Clock
-from aiproc.server.store.memory import MemoryStore
+from aiproc.server.store.factory import open_store
 from aiproc.server.telemetry.logs import configure_logging
 from aiproc.server.telemetry.setup import Telemetry
 from aiproc.v1 import processor_service_pb2, processor_service_pb2_grpc
@@ -111,7 +111,7 @@ class AiprocServer:
         telemetry: Telemetry,
         owned: contextlib.AsyncExitStack,
     ) -> AiprocServer:
-        store = MemoryStore(retention=config.server.result_ttl)
+        store = await open_store(config.server)
         owned.push_async_callback(store.close)
         processor = Processor(config, store, providers, clock=clock, telemetry=telemetry)
         grpc_server = grpc.aio.server()

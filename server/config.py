@@ -59,10 +59,17 @@ class ServerConfig:
     """host:port the gRPC server binds; port 0 picks a free one. Default 127.0.0.1:50051."""
     data_dir: str = "./data"
     """Where the server keeps its files. Default ./data."""
-    store: str = "memory"
-    """Where tasks and results live. Only "memory" for now. Default "memory"."""
+    store: str = "sqlite"
+    """Where tasks and results live: "sqlite" (a file under data_dir, survives crashes) or
+    "memory" (lost with the process). Default "sqlite"."""
     result_ttl: float = 3600.0
     """Seconds an unacknowledged result (and its finished task) is kept. Default 1h."""
+    idempotency_window: float = 3600.0
+    """Seconds during which a repeated idempotency key returns the original task; at most
+    result_ttl, since a key lives with its task. Default 1h."""
+    max_crashes: int = 3
+    """Times a task may be running when the server dies before it is dead-lettered
+    (failed with code CRASHED) instead of run again. Default 3."""
     max_content_bytes: int = 1_048_576
     """Largest accepted TaskSpec.content, in UTF-8 bytes. Default 1 MiB."""
     shutdown_grace: float = 10.0
@@ -263,6 +270,7 @@ def parse_duration(value: object, field_name: str) -> float:
 
 _DURATION_FIELDS = {
     "result_ttl",
+    "idempotency_window",
     "shutdown_grace",
     "worker_timeout",
     "initial_backoff",
@@ -333,8 +341,17 @@ def _validate_server(cfg: ServerConfig) -> None:
     host, sep, port = cfg.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError("server.listen", f"expected HOST:PORT, got {cfg.listen!r}")
-    if cfg.store != "memory":
-        raise ConfigError("server.store", f"unsupported store {cfg.store!r}; supported: memory")
+    if cfg.store not in ("memory", "sqlite"):
+        raise ConfigError(
+            "server.store", f"unsupported store {cfg.store!r}; supported: sqlite, memory"
+        )
+    if not 0 < cfg.idempotency_window <= cfg.result_ttl:
+        raise ConfigError(
+            "server.idempotency_window",
+            "must be positive and at most result_ttl (a key is kept as long as its task)",
+        )
+    if cfg.max_crashes < 1:
+        raise ConfigError("server.max_crashes", "must be at least 1")
     if cfg.result_ttl <= 0:
         raise ConfigError("server.result_ttl", "must be positive")
     if cfg.max_content_bytes <= 0:

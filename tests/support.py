@@ -15,7 +15,9 @@ ServerFactory = Callable[..., Any]
 
 def make_config(**sections: Mapping[str, object]) -> Config:
     """A config from defaults plus overrides, listening on a free port."""
-    overrides: dict[str, dict[str, object]] = {"server": {"listen": "127.0.0.1:0"}}
+    overrides: dict[str, dict[str, object]] = {
+        "server": {"listen": "127.0.0.1:0", "store": "memory"}
+    }
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
     return load_config(env={}, overrides=overrides)

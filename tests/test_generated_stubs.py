@@ -24,6 +24,8 @@ SERVICE_METHODS = {
     "GetTask": (False, False),
     "CancelTask": (False, False),
     "WatchEvents": (False, True),
+    "ListTasks": (False, False),
+    "RequeueTask": (False, False),
 }
 
 

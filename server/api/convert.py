@@ -70,6 +70,7 @@ _ERROR_TO_PB = {
     ErrorCode.SHUTDOWN: task_pb.ERROR_CODE_SHUTDOWN,
     ErrorCode.INTERNAL: task_pb.ERROR_CODE_INTERNAL,
     ErrorCode.BAD_RESPONSE: task_pb.ERROR_CODE_BAD_RESPONSE,
+    ErrorCode.CRASHED: task_pb.ERROR_CODE_CRASHED,
 }
 _PROGRESS_TO_PB = {
     ProgressKind.QUEUED: service_pb.PROGRESS_KIND_QUEUED,
@@ -201,6 +202,18 @@ def timestamp_pb(epoch_seconds: float) -> Timestamp:
 
 def state_pb(state: TaskState) -> task_pb.TaskState.ValueType:
     return _STATE_TO_PB[state]
+
+
+_STATE_FROM_PB = {pb: state for state, pb in _STATE_TO_PB.items()}
+
+
+def state_from_pb(value: int, field: str) -> TaskState | None:
+    """A TaskState from the wire; UNSPECIFIED means None (any state)."""
+    if value == task_pb.TASK_STATE_UNSPECIFIED:
+        return None
+    if value not in _STATE_FROM_PB:
+        raise InvalidArgument(field, f"unknown value {value}")
+    return _STATE_FROM_PB[value]  # type: ignore[index]
 
 
 def result_pb(result: TaskResult) -> task_pb.TaskResult:

@@ -24,6 +24,8 @@ from aiproc.v1 import processor_service_pb2_grpc as pb_grpc
 CLIENT_ID_HEADER = "aiproc-client-id"
 DEFAULT_CLIENT_ID = "default"
 MAX_IDS_PER_MESSAGE = 10_000
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 10_000
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -81,6 +83,25 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         task_id = convert.task_id_from_pb(request.task_id)
         state = await self._processor.cancel(client_id_of(context), task_id)
         return pb.CancelTaskResponse(state=convert.state_pb(state))
+
+    @unary_rpc
+    async def ListTasks(
+        self, request: pb.ListTasksRequest, context: Context
+    ) -> pb.ListTasksResponse:
+        limit = request.limit or DEFAULT_LIST_LIMIT
+        if limit > MAX_LIST_LIMIT:
+            raise InvalidArgument("limit", f"at most {MAX_LIST_LIMIT}")
+        state = convert.state_from_pb(request.state, "state")
+        tasks = await self._processor.list_tasks(client_id_of(context), state, limit)
+        return pb.ListTasksResponse(tasks=[convert.task_pb_from(task) for task in tasks])
+
+    @unary_rpc
+    async def RequeueTask(
+        self, request: pb.RequeueTaskRequest, context: Context
+    ) -> pb.RequeueTaskResponse:
+        task_id = convert.task_id_from_pb(request.task_id)
+        state = await self._processor.requeue(client_id_of(context), task_id)
+        return pb.RequeueTaskResponse(state=convert.state_pb(state))
 
     @unary_rpc
     async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.StatsResponse:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from aiproc.client import AiprocClientError
-from aiproc.server.cli import batch, events, info, serve, submit
+from aiproc.server.cli import batch, events, info, serve, submit, tasks
 from aiproc.server.cli.common import EXIT_FAILURE, EXIT_USAGE, CliError, describe
 
 EXIT_INTERRUPTED = 130
@@ -33,6 +33,7 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     submit.add_parser(commands, env)
     batch.add_parser(commands, env)
     info.add_parsers(commands, env)
+    tasks.add_parser(commands, env)
     events.add_parser(commands, env)
     return parser
 

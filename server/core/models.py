@@ -44,6 +44,7 @@ class ErrorCode(enum.Enum):
     SHUTDOWN = "shutdown"
     INTERNAL = "internal"
     BAD_RESPONSE = "bad_response"
+    CRASHED = "crashed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,8 @@ class Task:
     """Acceptance order, for FIFO within a priority level."""
     trace_context: Mapping[str, str] = field(default_factory=dict)
     """The W3C trace context (traceparent, tracestate) the task was queued in."""
+    crashes: int = 0
+    """Times the process running it died; past server.max_crashes it is dead-lettered."""
 
 
 class ProgressKind(enum.Enum):

@@ -78,6 +78,8 @@ class Processor:
         telemetry: Telemetry | None = None,
     ) -> None:
         self.config = config.processor
+        self._max_crashes = config.server.max_crashes
+        self._idempotency_window = config.server.idempotency_window
         self._tracer = telemetry.tracer if telemetry is not None else NoOpTracer()
         self.store = store
         self.clock = clock or SystemClock()
@@ -132,11 +134,26 @@ class Processor:
         return self._accepting
 
     async def start(self) -> None:
-        """Rebuilds the queue from the store's live tasks, then starts the workers."""
-        for task in sorted(await self.store.live_tasks(), key=lambda t: t.sequence):
+        """Rebuilds the queue from the store's live tasks, then starts the workers.
+
+        A task found RUNNING was running when the previous process died: it
+        runs again (at-least-once), unless that has happened max_crashes times,
+        when it is dead-lettered instead of crashing the server forever.
+        """
+        live = sorted(await self.store.live_tasks(), key=lambda t: t.sequence)
+        self._sequence = itertools.count(await self.store.last_sequence() + 1)
+        for task in live:
             if task.state is TaskState.RUNNING:
-                task.state = TaskState.QUEUED  # its worker died with the previous process
-            self.queue.put(task.task_id, task.spec.priority, task.sequence)
+                if task.crashes + 1 >= self._max_crashes:
+                    await self._finish(task, self._dead_letter(task))
+                    continue
+                requeued = await self.store.requeue(task.task_id, crashed=True)
+                if requeued is None:
+                    continue
+                task = requeued
+            self.queue.restore(task.task_id, task.spec.priority, task.sequence)
+        if live:
+            log.info("recovered %d unfinished tasks from the store", len(live))
         self._started_at = self.clock.wall()
         self._accepting = True
         self.pool.start()
@@ -151,7 +168,8 @@ class Processor:
             raise ShuttingDown("the server is shutting down and accepts no new tasks")
         if spec.idempotency_key:
             earlier = await self.store.find_idempotent(client_id, spec.idempotency_key)
-            if earlier is not None:
+            window_start = self.clock.wall() - self._idempotency_window
+            if earlier is not None and earlier.created_at >= window_start:
                 return earlier, True
         if len(self.queue) >= self.queue.capacity:
             self.counters.rejected += 1
@@ -254,8 +272,11 @@ class Processor:
                     cancelled = self._cancelled_result(task, queue_time)
                     await self._finish(task, replace(cancelled, trace_id=trace_id))
                     return
-                interrupted = self._shutdown_result(task, "interrupted while running")
-                await self._finish(task, replace(interrupted, trace_id=trace_id))
+                if self.store.durable:
+                    await self.store.requeue(task_id, crashed=False)
+                else:
+                    interrupted = self._shutdown_result(task, "interrupted while running")
+                    await self._finish(task, replace(interrupted, trace_id=trace_id))
                 raise
             if result.error is not None:
                 span.set_status(Status(StatusCode.ERROR, result.error.code.value))
@@ -289,6 +310,31 @@ class Processor:
         return self._terminal(
             task, TaskState.CANCELLED, ErrorCode.CANCELLED, "cancelled", queue_time
         )
+
+    def _dead_letter(self, task: Task) -> TaskResult:
+        message = (
+            f"the server died {task.crashes + 1} times while running this task;"
+            " it will not run again unless requeued"
+        )
+        return self._terminal(task, TaskState.FAILED, ErrorCode.CRASHED, message, None)
+
+    async def requeue(self, client_id: str, task_id: str) -> TaskState:
+        """Queues a finished task again, forgetting its result."""
+        task = await self.get(client_id, task_id)
+        if not task.state.is_terminal:
+            raise FailedPrecondition(f"task {task_id} is {task.state.value}; only a finished task")
+        if not self._accepting:
+            raise ShuttingDown("the server is shutting down and accepts no new tasks")
+        requeued = await self.store.requeue(task_id, crashed=False)
+        if requeued is None:
+            raise NotFound(f"task {task_id} not found")
+        self.hub.acknowledged(client_id, (task_id,))
+        self.queue.restore(task_id, requeued.spec.priority, requeued.sequence)
+        self.counters.queued += 1
+        return requeued.state
+
+    async def list_tasks(self, client_id: str, state: TaskState | None, limit: int) -> list[Task]:
+        return list(await self.store.list_tasks(client_id, state, limit))
 
     def _shutdown_result(self, task: Task, why: str) -> TaskResult:
         message = f"server shut down before the task finished ({why}); queue it again"
@@ -342,24 +388,29 @@ class Processor:
     async def shutdown(self, grace: float) -> None:
         """Stops taking work, gives running tasks `grace` seconds, then ends everything.
 
-        The in-memory store cannot keep queued tasks past the process, so they
-        end FAILED with code SHUTDOWN (delivered to connected subscribers and
-        logged) rather than vanishing.
+        A durable store keeps queued tasks (and running ones cut short) queued
+        for the next start. The in-memory store cannot keep them past the
+        process, so they end FAILED with code SHUTDOWN (delivered to connected
+        subscribers and logged) rather than vanishing.
         """
         if not self._accepting and self._expiry is None:
             return
         self._accepting = False
         waiting = self.queue.drain()
         await self.pool.stop_taking()
-        for task_id in waiting:
-            task = await self.store.get(task_id)
-            if task is not None:
-                await self._finish(task, self._shutdown_result(task, "still queued"))
-        if waiting:
-            log.warning(
-                "shutdown: %d queued tasks were not run; they ended with code SHUTDOWN",
-                len(waiting),
-            )
+        if self.store.durable:
+            if waiting:
+                log.info("shutdown: %d queued tasks stay queued for the next start", len(waiting))
+        else:
+            for task_id in waiting:
+                task = await self.store.get(task_id)
+                if task is not None:
+                    await self._finish(task, self._shutdown_result(task, "still queued"))
+            if waiting:
+                log.warning(
+                    "shutdown: %d queued tasks were not run; they ended with code SHUTDOWN",
+                    len(waiting),
+                )
         if not await self.pool.wait_idle(grace):
             log.warning(
                 "shutdown: %d running tasks did not finish within %gs; cancelling them",

@@ -50,13 +50,28 @@ class TaskQueue:
         """Enqueues, or hands the id straight to a waiting worker. Raises QueueFull."""
         if self._closed:
             raise QueueClosed
+        if self._hand_over(task_id, priority):
+            return
+        if len(self._live) >= self.capacity:
+            raise QueueFull(f"queue is full ({self.capacity} tasks waiting)")
+        self._push(task_id, priority, sequence)
+
+    def restore(self, task_id: str, priority: Priority, sequence: int) -> None:
+        """Enqueues a task accepted earlier (recovered, requeued), beyond capacity if need be:
+        an accepted task is never refused later."""
+        if not self._hand_over(task_id, priority):
+            self._push(task_id, priority, sequence)
+
+    def _hand_over(self, task_id: str, priority: Priority) -> bool:
+        """Gives the id to a waiting worker, if one waits."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result((task_id, priority))
-                return
-        if len(self._live) >= self.capacity:
-            raise QueueFull(f"queue is full ({self.capacity} tasks waiting)")
+                return True
+        return False
+
+    def _push(self, task_id: str, priority: Priority, sequence: int) -> None:
         self._live[task_id] = priority
         self._depths[priority] += 1
         heapq.heappush(self._heap, (-priority, sequence, task_id))
@@ -96,9 +111,7 @@ class TaskQueue:
         return handed_id
 
     def _requeue_front(self, task_id: str, priority: Priority) -> None:
-        self._live[task_id] = priority
-        self._depths[priority] += 1
-        heapq.heappush(self._heap, (-priority, -1, task_id))
+        self._push(task_id, priority, -1)
 
     def drain(self) -> list[str]:
         """Removes and returns every waiting id, highest priority first."""

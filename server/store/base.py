@@ -9,10 +9,15 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from aiproc.server.core.models import Task, TaskResult
+from aiproc.server.core.models import Task, TaskResult, TaskState
 
 
 class TaskStore(Protocol):
+    @property
+    def durable(self) -> bool:
+        """Whether tasks outlive the process (then a shutdown leaves queued tasks queued)."""
+        ...
+
     async def put(self, task: Task) -> None:
         """Records a newly accepted task (state QUEUED)."""
         ...
@@ -52,6 +57,23 @@ class TaskStore(Protocol):
 
     async def live_tasks(self) -> Sequence[Task]:
         """Every QUEUED or RUNNING task, for rebuilding the queue at start-up."""
+        ...
+
+    async def last_sequence(self) -> int:
+        """The highest acceptance sequence of any stored task (0 when none), so numbering
+        continues after a restart."""
+        ...
+
+    async def requeue(self, task_id: str, *, crashed: bool) -> Task | None:
+        """Puts a RUNNING task (found so at start-up: its process died) or a finished one back
+        to QUEUED, clearing its result; `crashed` counts one more crash against it.
+        Returns the task, or None if unknown."""
+        ...
+
+    async def list_tasks(
+        self, client_id: str | None, state: TaskState | None, limit: int
+    ) -> Sequence[Task]:
+        """Tasks (of one client, or all; in one state, or any), oldest first, at most `limit`."""
         ...
 
     async def expire(self, now: float) -> int:

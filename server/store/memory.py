@@ -23,6 +23,10 @@ class MemoryStore:
         self._pending: dict[str, OrderedDict[str, TaskResult]] = {}  # client -> results
         self._idempotency: dict[tuple[str, str], str] = {}
 
+    @property
+    def durable(self) -> bool:
+        return False
+
     async def put(self, task: Task) -> None:
         self._tasks[task.task_id] = task
         if task.spec.idempotency_key:
@@ -80,6 +84,38 @@ class MemoryStore:
 
     async def live_tasks(self) -> Sequence[Task]:
         return [t for t in self._tasks.values() if not t.state.is_terminal]
+
+    async def last_sequence(self) -> int:
+        return max((task.sequence for task in self._tasks.values()), default=0)
+
+    async def requeue(self, task_id: str, *, crashed: bool) -> Task | None:
+        task = self._tasks.get(task_id)
+        if task is None:
+            return None
+        if task.result is not None:
+            await self.ack(task.client_id, (task_id,))
+        self._finished.pop(task_id, None)
+        task.state = TaskState.QUEUED
+        task.started_at = None
+        task.finished_at = None
+        task.result = None
+        if crashed:
+            task.crashes += 1
+        return task
+
+    async def list_tasks(
+        self, client_id: str | None, state: TaskState | None, limit: int
+    ) -> Sequence[Task]:
+        found = []
+        for task in sorted(self._tasks.values(), key=lambda t: t.sequence):
+            if client_id is not None and task.client_id != client_id:
+                continue
+            if state is not None and task.state is not state:
+                continue
+            found.append(task)
+            if len(found) >= limit:
+                break
+        return found
 
     async def expire(self, now: float) -> int:
         cutoff = now - self.retention

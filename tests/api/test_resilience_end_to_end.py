@@ -235,7 +235,7 @@ async def test_rate_limit_rps_holds_over_a_30_second_run(
     arrivals = sorted(r["arrived_at"] for r in listed if r["path"].endswith("/chat/completions"))
     assert len(arrivals) == total
     average = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
-    assert 19.5 <= average <= rate, f"{average:.2f} calls/s"
+    assert 19.5 <= average <= rate * 1.01, f"{average:.2f} calls/s"
     # The limiter admits at most rate x w + burst calls in any window of w
     # seconds (tests/resilience prove that exactly); at the provider's socket
     # a call may arrive up to 100 ms later than it left the limiter on a busy

@@ -97,7 +97,15 @@ def start_cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Start
         log = folder / "server.log"
         with log.open("w") as log_file:
             proc = subprocess.Popen(
-                [*SERVE, "--listen", "127.0.0.1:0", "--config", str(config)],
+                [
+                    *SERVE,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--config",
+                    str(config),
+                    "--data-dir",
+                    str(folder / "data"),
+                ],
                 stdout=subprocess.PIPE,
                 stderr=log_file,
                 text=True,

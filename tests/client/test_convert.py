@@ -355,3 +355,40 @@ def test_provider_event_round_trips_both_ways() -> None:
         task_id="t2",
     )
     assert not convert.provider_event_to_proto(ProviderEvent(kind=failover.kind)).HasField("at")
+
+
+def test_a_dead_lettered_task_converts_with_code_crashed() -> None:
+    message = task_pb2.Task(
+        task_id="t1",
+        state=task_pb2.TASK_STATE_FAILED,
+        result=task_pb2.TaskResult(
+            task_id="t1",
+            state=task_pb2.TASK_STATE_FAILED,
+            error=task_pb2.TaskError(code=task_pb2.ERROR_CODE_CRASHED, message="died 3 times"),
+        ),
+    )
+    info = convert.task_from_proto(message)
+    assert info.result is not None
+    assert info.result.error == TaskError(ErrorCode.CRASHED, "died 3 times")
+    assert info.result.error.code == "crashed"
+    back = convert.task_to_proto(info)
+    assert back.result.error.code == task_pb2.ERROR_CODE_CRASHED
+    assert json_format.MessageToDict(back)["result"]["error"]["code"] == "ERROR_CODE_CRASHED"
+
+
+def test_a_task_list_round_trips_in_order() -> None:
+    tasks = [
+        TaskInfo(task_id="a", state=TaskState.QUEUED, spec=TaskSpec(url="u", content="c")),
+        TaskInfo(
+            task_id="b",
+            state=TaskState.FAILED,
+            spec=TaskSpec(url="v", content="d", priority=Priority.HIGH),
+            created_at=AT,
+            attempts=2,
+            result=RESULT,
+        ),
+    ]
+    message = convert.tasks_to_proto(tasks)
+    assert [task.task_id for task in message.tasks] == ["a", "b"]
+    assert convert.tasks_from_proto(message) == tasks
+    assert convert.tasks_from_proto(pb.ListTasksResponse()) == []

@@ -130,3 +130,34 @@ def test_stats_print_the_resilience_fields() -> None:
     assert fields["providers"][0]["health"] == "HEALTH_LEVEL_CRITICAL"
     assert fields["providers"][0]["pausedFor"] == "0s"
     assert fields["eventCounts"] == [{"kind": "PROVIDER_EVENT_KIND_BREAKER_OPENED", "count": "1"}]
+
+
+def test_a_task_list_prints_a_list_tasks_response() -> None:
+    tasks = [
+        TaskInfo(
+            task_id=f"t{n}",
+            state=TaskState.FAILED,
+            spec=TaskSpec(url=f"https://example.com/{n}", content="x"),
+            result=TaskResult(
+                task_id=f"t{n}",
+                state=TaskState.FAILED,
+                error=TaskError(ErrorCode.CRASHED, "died"),
+            ),
+        )
+        for n in range(2)
+    ]
+    text = to_json(tasks)
+    fields = json.loads(text)
+    assert [task["taskId"] for task in fields["tasks"]] == ["t0", "t1"]
+    assert fields["tasks"][0]["result"]["error"]["code"] == "ERROR_CODE_CRASHED"
+    parsed = json_format.Parse(text, pb.ListTasksResponse())
+    assert [task.spec.url for task in parsed.tasks] == [
+        "https://example.com/0",
+        "https://example.com/1",
+    ]
+    assert json.loads(to_json([])) == {"tasks": []}
+
+
+def test_a_requeued_state_prints_what_requeue_task_response_parses() -> None:
+    text = to_json(TaskState.QUEUED)
+    assert json_format.Parse(text, pb.RequeueTaskResponse()).state == task_pb2.TASK_STATE_QUEUED

@@ -127,6 +127,8 @@ async def serve(
             "127.0.0.1:0",
             "--config",
             str(config),
+            "--data-dir",
+            str(tmp_path / "data"),
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
             env=server_env(receiver, protocol, extra_env or {}),

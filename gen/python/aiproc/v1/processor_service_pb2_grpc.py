@@ -75,6 +75,16 @@ class ProcessorServiceStub:
                 request_serializer=aiproc_dot_v1_dot_processor__service__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=aiproc_dot_v1_dot_processor__service__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/aiproc.v1.ProcessorService/ListTasks',
+                request_serializer=aiproc_dot_v1_dot_processor__service__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=aiproc_dot_v1_dot_processor__service__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
+        self.RequeueTask = channel.unary_unary(
+                '/aiproc.v1.ProcessorService/RequeueTask',
+                request_serializer=aiproc_dot_v1_dot_processor__service__pb2.RequeueTaskRequest.SerializeToString,
+                response_deserializer=aiproc_dot_v1_dot_processor__service__pb2.RequeueTaskResponse.FromString,
+                _registered_method=True)
 
 
 class ProcessorServiceServicer:
@@ -141,6 +151,22 @@ class ProcessorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTasks(self, request, context):
+        """Lists the caller's tasks, oldest first, optionally in one state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequeueTask(self, request, context):
+        """Queues a finished task (failed, cancelled, dead-lettered or succeeded)
+        again, forgetting its result. FAILED_PRECONDITION while it is queued or
+        running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProcessorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +199,16 @@ def add_ProcessorServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=aiproc_dot_v1_dot_processor__service__pb2.WatchEventsRequest.FromString,
                     response_serializer=aiproc_dot_v1_dot_processor__service__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=aiproc_dot_v1_dot_processor__service__pb2.ListTasksRequest.FromString,
+                    response_serializer=aiproc_dot_v1_dot_processor__service__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'RequeueTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequeueTask,
+                    request_deserializer=aiproc_dot_v1_dot_processor__service__pb2.RequeueTaskRequest.FromString,
+                    response_serializer=aiproc_dot_v1_dot_processor__service__pb2.RequeueTaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +384,60 @@ class ProcessorService:
             '/aiproc.v1.ProcessorService/WatchEvents',
             aiproc_dot_v1_dot_processor__service__pb2.WatchEventsRequest.SerializeToString,
             aiproc_dot_v1_dot_processor__service__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aiproc.v1.ProcessorService/ListTasks',
+            aiproc_dot_v1_dot_processor__service__pb2.ListTasksRequest.SerializeToString,
+            aiproc_dot_v1_dot_processor__service__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequeueTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aiproc.v1.ProcessorService/RequeueTask',
+            aiproc_dot_v1_dot_processor__service__pb2.RequeueTaskRequest.SerializeToString,
+            aiproc_dot_v1_dot_processor__service__pb2.RequeueTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,13 @@ class ProcessorServiceStub:
     """Streams provider events as they happen: failovers, breakers opening and
     closing, health changes, recoveries, and all providers being down.
     """
+    ListTasks: _grpc.UnaryUnaryMultiCallable[_processor_service_pb2.ListTasksRequest, _processor_service_pb2.ListTasksResponse]
+    """Lists the caller's tasks, oldest first, optionally in one state."""
+    RequeueTask: _grpc.UnaryUnaryMultiCallable[_processor_service_pb2.RequeueTaskRequest, _processor_service_pb2.RequeueTaskResponse]
+    """Queues a finished task (failed, cancelled, dead-lettered or succeeded)
+    again, forgetting its result. FAILED_PRECONDITION while it is queued or
+    running.
+    """
 
 @_typing.type_check_only
 class ProcessorServiceAsyncStub(ProcessorServiceStub):
@@ -108,6 +115,13 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
     WatchEvents: _aio.UnaryStreamMultiCallable[_processor_service_pb2.WatchEventsRequest, _processor_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Streams provider events as they happen: failovers, breakers opening and
     closing, health changes, recoveries, and all providers being down.
+    """
+    ListTasks: _aio.UnaryUnaryMultiCallable[_processor_service_pb2.ListTasksRequest, _processor_service_pb2.ListTasksResponse]  # type: ignore[assignment]
+    """Lists the caller's tasks, oldest first, optionally in one state."""
+    RequeueTask: _aio.UnaryUnaryMultiCallable[_processor_service_pb2.RequeueTaskRequest, _processor_service_pb2.RequeueTaskResponse]  # type: ignore[assignment]
+    """Queues a finished task (failed, cancelled, dead-lettered or succeeded)
+    again, forgetting its result. FAILED_PRECONDITION while it is queued or
+    running.
     """
 
 class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -182,6 +196,25 @@ class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_processor_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_processor_service_pb2.WatchEventsResponse]]:
         """Streams provider events as they happen: failovers, breakers opening and
         closing, health changes, recoveries, and all providers being down.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTasks(
+        self,
+        request: _processor_service_pb2.ListTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_processor_service_pb2.ListTasksResponse, _abc.Awaitable[_processor_service_pb2.ListTasksResponse]]:
+        """Lists the caller's tasks, oldest first, optionally in one state."""
+
+    @_abc_1.abstractmethod
+    def RequeueTask(
+        self,
+        request: _processor_service_pb2.RequeueTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_processor_service_pb2.RequeueTaskResponse, _abc.Awaitable[_processor_service_pb2.RequeueTaskResponse]]:
+        """Queues a finished task (failed, cancelled, dead-lettered or succeeded)
+        again, forgetting its result. FAILED_PRECONDITION while it is queued or
+        running.
         """
 
 def add_ProcessorServiceServicer_to_server(servicer: ProcessorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

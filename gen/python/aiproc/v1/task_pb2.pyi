@@ -125,6 +125,10 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     """A bug in aiproc. The message carries no internals; the server log does."""
     ERROR_CODE_BAD_RESPONSE: _ErrorCode.ValueType  # 10
     """The provider's answer could not be understood (malformed body)."""
+    ERROR_CODE_CRASHED: _ErrorCode.ValueType  # 11
+    """The task was running each time the server died, server.max_crashes
+    times in a row; it is not run again unless requeued (dead letter).
+    """
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """Machine-readable reason a task did not succeed."""
@@ -155,6 +159,10 @@ ERROR_CODE_INTERNAL: ErrorCode.ValueType  # 9
 """A bug in aiproc. The message carries no internals; the server log does."""
 ERROR_CODE_BAD_RESPONSE: ErrorCode.ValueType  # 10
 """The provider's answer could not be understood (malformed body)."""
+ERROR_CODE_CRASHED: ErrorCode.ValueType  # 11
+"""The task was running each time the server died, server.max_crashes
+times in a row; it is not run again unless requeued (dead letter).
+"""
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
 @_typing.final

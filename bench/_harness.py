@@ -1,0 +1,181 @@
+"""What the bench scripts share: an in-process server, a closed-loop client, the result file.
+
+Each script runs rounds of the same shape: start an aiproc server
+(AiprocServer.start) in front of a fake OpenAI-compatible provider, queue N
+tasks through the Python client with `concurrency` of them in flight, time
+from the first QueueTask to the last result, and stop the server. What differs
+between a script's rounds is only the config it passes to `run_round`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiproc.client import AsyncClient, TaskResult
+from aiproc.server.app import AiprocServer
+from aiproc.server.config import Config, ProviderConfig, load_config, validate
+from aiproc.server.fakes.openai_server import FakeOpenAIServer
+from aiproc.server.telemetry.setup import Telemetry
+
+CONTENT = (
+    "Widgets are small devices that make everyday work easier. They come in many sizes. "
+    "Engineers design widgets for reliability, and users appreciate their simplicity."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """One timed run: `tasks` queued, `failed` of them failed."""
+
+    tasks: int
+    failed: int
+    seconds: float
+    """From the first QueueTask to the last result."""
+    cpu_seconds: float
+    """CPU time of the whole process (every thread) over those seconds."""
+    counted: int | None = None
+    """What run_round's `count` grew by over those seconds; None without one."""
+
+
+def bench_config(
+    fake: FakeOpenAIServer,
+    concurrency: int,
+    *,
+    server: Mapping[str, object],
+    telemetry: Mapping[str, object],
+) -> Config:
+    """A server that never waits on its own limits: only CPU (and `server`'s store) bounds it.
+
+    `server` and `telemetry` are the [server] and [telemetry] tables; the listen
+    address is always 127.0.0.1 on a free port.
+    """
+    config = load_config(
+        env={},
+        overrides={
+            "server": {**server, "listen": "127.0.0.1:0"},
+            "processor": {
+                "num_workers": concurrency,
+                "queue_size": 10 * concurrency,
+                "max_concurrent_requests": concurrency,
+                "rate_limit_rps": 1_000_000.0,
+                "rate_limit_burst": 1_000_000,
+            },
+            "health": {"enabled": False},
+            "telemetry": dict(telemetry),
+        },
+    )
+    provider = ProviderConfig(
+        name="fake",
+        kind="openai",
+        base_url=fake.base_url,
+        model="gpt-4o-mini",
+        max_concurrent_requests=concurrency,
+    )
+    config = replace(config, providers=(provider,))
+    validate(config)
+    return config
+
+
+async def drive(address: str, tasks: int, concurrency: int) -> tuple[float, int]:
+    """Queues `tasks` tasks, `concurrency` in flight at a time, on one result stream.
+
+    Returns the seconds from the first QueueTask to the last result, and the failures.
+    """
+    loop = asyncio.get_running_loop()
+    waiting: dict[str, asyncio.Future[TaskResult]] = {}
+    failed = 0
+
+    def result_of(task_id: str) -> asyncio.Future[TaskResult]:
+        # A result may come before QueueTask's answer: whoever is first makes the future.
+        return waiting.setdefault(task_id, loop.create_future())
+
+    async with (
+        AsyncClient(address, client_id=f"bench-{uuid.uuid4().hex[:8]}", timeout=60.0) as client,
+        client.stream(all_tasks=True) as stream,
+    ):
+
+        async def receive() -> None:
+            async for item in stream:
+                if isinstance(item, TaskResult):
+                    future = result_of(item.task_id)
+                    if not future.done():
+                        future.set_result(item)
+
+        async def worker(count: int) -> None:
+            nonlocal failed
+            for _ in range(count):
+                queued = await client.queue("https://example.com/bench", CONTENT)
+                result = await result_of(queued.task_id)
+                del waiting[queued.task_id]
+                await stream.ack([queued.task_id])
+                failed += not result.success
+
+        receiving = asyncio.create_task(receive())
+        share, extra = divmod(tasks, concurrency)
+        started = time.perf_counter()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for index in range(concurrency):
+                    group.create_task(worker(share + (index < extra)))
+            elapsed = time.perf_counter() - started
+        finally:
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiving
+    return elapsed, failed
+
+
+async def run_round(
+    config: Config,
+    tasks: int,
+    concurrency: int,
+    *,
+    count: Callable[[AiprocServer], int] | None = None,
+) -> Timing:
+    """Starts a server from `config`, drives `tasks` tasks through it, and stops it.
+
+    `count`, read just before and just after the timed part, is some counter of
+    the server's (its store's commits, say); Timing.counted is how much it grew.
+    """
+    # env={}: the calling shell's OTEL_* variables must not turn telemetry on.
+    telemetry = Telemetry.start(config.telemetry, env={})
+    server = await AiprocServer.start(config, env={}, telemetry=telemetry)
+    counted: int | None = None
+    try:
+        before = count(server) if count is not None else 0
+        cpu_before = time.process_time()
+        seconds, failed = await drive(server.address, tasks, concurrency)
+        cpu_seconds = time.process_time() - cpu_before
+        if count is not None:
+            counted = count(server) - before
+    finally:
+        await server.stop(grace=5.0)
+        # Flushes what is still batched; blocking, so off the loop.
+        await asyncio.to_thread(telemetry.shutdown)
+    return Timing(tasks, failed, seconds, cpu_seconds, counted)
+
+
+def environment() -> dict[str, Any]:
+    """When and where the figures were taken: the first keys of every result file."""
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+    }
+
+
+def write_result(path: Path, result: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
