@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -102,18 +101,17 @@ async def test_a_slow_body_arrives_whole_a_chunk_at_a_time(
     fake.enqueue(FakeReply(fault=fault))
 
     async with client.stream("POST", completions(fake), json=CHAT) as response:
-        headers_at = time.monotonic()
         assert response.status_code == 200
-        data = b"".join([chunk async for chunk in response.aiter_raw()])
+        chunks = [chunk async for chunk in response.aiter_raw()]
+    data = b"".join(chunks)
 
-    # Timed from the headers: they come first, the body after every delay.
-    elapsed = time.monotonic() - headers_at
+    # The headers come first and the body trickles after them: the client
+    # reads it in several pieces, not one.
+    assert len(chunks) > 1
     assert int(response.headers["content-length"]) == len(data)
     body = json.loads(data)
     assert body["choices"][0]["message"]["content"] == "Enhanced: hello there"
-    writes = -(-len(data) // fault.chunk)
-    assert writes > 3
-    assert elapsed >= (writes - 1) * fault.delay
+    assert -(-len(data) // fault.chunk) > 3  # it was written in more than three pieces
 
 
 async def test_malformed_json_is_a_200_that_does_not_parse(

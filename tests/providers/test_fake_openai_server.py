@@ -69,7 +69,8 @@ async def test_latency_can_change_while_serving(
     started = time.monotonic()
     await client.post(f"{fake.base_url}/chat/completions", json=CHAT)
 
-    assert time.monotonic() - started >= 0.15
+    # asyncio may fire a timer up to its clock resolution early.
+    assert time.monotonic() - started >= 0.15 - 0.005
 
 
 async def test_wait_for_requests_returns_when_enough_arrived(
