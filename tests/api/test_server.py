@@ -374,8 +374,10 @@ async def test_progress_events_are_sent_when_asked(
             assert response is not grpc.aio.EOF
             if response.WhichOneof("kind") == "result":
                 break
-            assert response.progress.task_id == queued.task_id
-            kinds.append(response.progress.kind)
+            # The warm-up's own events may trail its result (a late subscription
+            # reads results from the store first): only the second task counts.
+            if response.progress.task_id == queued.task_id:
+                kinds.append(response.progress.kind)
     stream.close()
     assert kinds == [pb.PROGRESS_KIND_QUEUED, pb.PROGRESS_KIND_STARTED]
 
