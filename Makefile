@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck protos buf node-deps clean
+.PHONY: run test lint typecheck protos buf node-deps bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11" >&2; exit 1; }
@@ -60,8 +60,8 @@ protos: $(STAMP)
 clean:
 	rm -rf $(VENV) node_modules examples/node/node_modules build .mypy_cache .ruff_cache .pytest_cache
 
-.PHONY: bench
-
-## Measures what tracing costs: tasks/s with telemetry off and on (bench/results/tracing.json).
+## Benchmarks, as ratios measured in one run: tracing on vs off, SQLite vs memory store
+## (bench/results/*.json).
 bench: $(STAMP)
 	$(BIN)/python bench/tracing_overhead.py
+	$(BIN)/python bench/store_throughput.py

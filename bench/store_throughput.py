@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -113,7 +114,12 @@ def median(rounds: list[Round], store: str, key: str) -> float:
 
 
 def report(
-    rounds: list[Round], tasks: int, concurrency: int, warmup: int, data_root: Path | None
+    rounds: list[Round],
+    tasks: int,
+    concurrency: int,
+    warmup: int,
+    data_root: Path | None,
+    load_before: float,
 ) -> dict[str, Any]:
     memory = median(rounds, "memory", "tasks_per_s")
     sqlite = median(rounds, "sqlite", "tasks_per_s")
@@ -139,6 +145,10 @@ def report(
         f"sqlite/memory = {ratio:.3f} (goal >= {GOAL}: {'met' if met else 'NOT met'}); "
         f"cpu {cpu_memory:.3f} -> {cpu_sqlite:.3f} ms/task"
     )
+    # Each sqlite round against the memory round just before it: less exposed to the
+    # machine's drift than the medians are, and the spread shows the noise.
+    pairs = [b.tasks_per_s / a.tasks_per_s for a, b in zip(rounds[::2], rounds[1::2], strict=True)]
+    print(f"per pair sqlite/memory: {', '.join(f'{x:.3f}' for x in pairs)}")
     print(f"sqlite commits per task: {commits:.3f}")
     failures = sum(r.failed for r in rounds)
     if failures:
@@ -153,10 +163,12 @@ def report(
         "data_root": str(data_root or tempfile.gettempdir()),
         "tasks_per_s": {"memory": round(memory, 1), "sqlite": round(sqlite, 1)},
         "ratio_sqlite_memory": round(ratio, 4),
+        "pair_ratios": [round(x, 4) for x in pairs],
         "goal_ratio": GOAL,
         "goal_met": met,
         "cpu_ms_per_task": {"memory": round(cpu_memory, 4), "sqlite": round(cpu_sqlite, 4)},
         "commits_per_task_sqlite": round(commits, 4),
+        "load_average_1min": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
         "rounds": [{**asdict(r), "tasks_per_s": round(r.tasks_per_s, 1)} for r in rounds],
     }
 
@@ -164,6 +176,8 @@ def report(
 async def main_async(
     tasks: int, pairs: int, concurrency: int, warmup: int, data_root: Path | None
 ) -> dict[str, Any]:
+    # Other processes on the machine are the main source of noise: the result file says how busy.
+    load_before = round(os.getloadavg()[0], 2)
     async with FakeOpenAIServer(record=False) as fake:
         # The first server in a process pays for imports and first connections, and the
         # first SQLite file for opening the library: one untimed round of each.
@@ -178,7 +192,7 @@ async def main_async(
                 file=sys.stderr,
                 flush=True,
             )
-    return report(rounds, tasks, concurrency, warmup, data_root)
+    return report(rounds, tasks, concurrency, warmup, data_root, load_before)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
