@@ -111,8 +111,7 @@ class AiprocServer:
         telemetry: Telemetry,
         owned: contextlib.AsyncExitStack,
     ) -> AiprocServer:
-        store = await open_store(config.server)
-        owned.push_async_callback(store.close)
+        store = await open_store(config.server, owned)
         processor = Processor(config, store, providers, clock=clock, telemetry=telemetry)
         grpc_server = grpc.aio.server()
         servicer = ProcessorServicer(

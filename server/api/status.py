@@ -18,6 +18,7 @@ from aiproc.server.core.errors import (
     NotFound,
     QueueFull,
     ShuttingDown,
+    StoreError,
 )
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ STATUS_BY_ERROR: tuple[tuple[type[AiprocError], grpc.StatusCode], ...] = (
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    # The store refuses writes after a failed commit: this replica cannot take
+    # work safely, another (or this one, restarted) can.
+    (StoreError, grpc.StatusCode.UNAVAILABLE),
 )
 
 

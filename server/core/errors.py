@@ -7,6 +7,7 @@
     │   └── FailedPrecondition       the task's state forbids the operation
     ├── QueueFull                    the bounded queue has no room
     ├── ShuttingDown                 the server no longer accepts work
+    ├── StoreError                   the store cannot be read or written
     └── ProviderError                a provider call failed; `error_code` classifies it
         ├── RateLimited(retry_after) HTTP 429: wait, then try again
         ├── TransientError           network error, 5xx: back off and retry
@@ -52,6 +53,10 @@ class QueueFull(AiprocError):
 
 class ShuttingDown(AiprocError):
     pass
+
+
+class StoreError(AiprocError):
+    """The store's file cannot be opened, read or written."""
 
 
 class ProviderError(AiprocError):

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiproc.server.core.errors import AiprocError
+from aiproc.server.core.errors import StoreError
 
 SCHEMA_VERSION = 1
 """Kept in PRAGMA user_version; a file with a higher one was written by a newer aiproc."""
@@ -56,10 +56,6 @@ crashes, spec (JSON), trace_context (JSON)."""
 
 ResultRow = tuple[str, str, int]
 """task_id, result (JSON), acked."""
-
-
-class StoreError(AiprocError):
-    """The store's file cannot be opened, read or written."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aiproc.server.core.errors import StoreError
 from aiproc.server.core.models import (
     AttemptRecord,
     ErrorCode,
@@ -32,13 +33,7 @@ from aiproc.server.core.models import (
     TaskState,
     TokenUsage,
 )
-from aiproc.server.store.journal import (
-    Journal,
-    ResultRow,
-    Statement,
-    StoreError,
-    TaskRow,
-)
+from aiproc.server.store.journal import Journal, ResultRow, Statement, TaskRow
 from aiproc.server.store.memory import MemoryStore
 
 __all__ = ["SqliteStore", "StoreError"]

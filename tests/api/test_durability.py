@@ -11,9 +11,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
 from aiproc.client import AsyncClient
 from aiproc.server.core.models import ErrorCode, Task, TaskSpec, TaskState
 from aiproc.server.fakes.openai_server import FakeOpenAIServer
+from aiproc.server.store.lock import DataDirInUse
 from aiproc.server.store.sqlite import SqliteStore
 from tests.support import GatedProvider, ServerFactory, make_config
 
@@ -149,3 +152,11 @@ model = "gpt-4o-mini"
             )
             assert repeat.task_id == accepted[0]
             assert repeat.deduplicated
+
+
+async def test_a_second_server_on_the_same_data_dir_is_refused(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    await start_server(sqlite_config(tmp_path))
+    with pytest.raises(DataDirInUse, match="in use by another aiproc process"):
+        await start_server(sqlite_config(tmp_path))
