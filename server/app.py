@@ -129,6 +129,8 @@ class AiprocServer:
         except RuntimeError as exc:  # grpc reports a failed bind this way
             raise OSError(f"cannot listen on {config.server.listen}: {exc}") from None
         await processor.start()
+        # Undone by stop() when all goes well; by the caller's cleanup if the rest fails.
+        owned.push_async_callback(processor.shutdown, 0.0)
         await grpc_server.start()
         serving = health_pb2.HealthCheckResponse.SERVING
         await health_servicer.set(SERVICE_NAME, serving)
@@ -151,14 +153,13 @@ class AiprocServer:
             return
         self._stopping = True
         grace = self.config.server.shutdown_grace if grace is None else grace
-        await self._health.enter_graceful_shutdown()
-        await self.processor.shutdown(grace)
-        await self._grpc.stop(grace=min(grace, 1.0))
-        await self._owned.aclose()
-        self._stopped.set()
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
+        try:
+            await self._health.enter_graceful_shutdown()
+            await self.processor.shutdown(grace)
+            await self._grpc.stop(grace=min(grace, 1.0))
+        finally:
+            await self._owned.aclose()
+            self._stopped.set()
 
     def __repr__(self) -> str:
         return f"<AiprocServer {self.address} {self.processor!r}>"

@@ -117,6 +117,10 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         try:
             async for event in watch:
                 yield pb.WatchEventsResponse(event=convert.event_pb(event))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_with(context, exc)  # never an UNKNOWN with a stack trace
         finally:
             self._processor.events.unwatch(watch)
             span.end()
@@ -163,6 +167,10 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
                     yield pb.StreamResultsResponse(progress=convert.progress_pb(item))
             if failure:
                 await abort_with(context, failure[0])
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_with(context, exc)  # e.g. the store failing to read: never UNKNOWN
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -47,8 +47,7 @@ class ProviderEvent:
 class EventWatch:
     """One watcher's bounded view of the event stream."""
 
-    def __init__(self, bus: EventBus, buffer: int) -> None:
-        self._bus = bus
+    def __init__(self, buffer: int) -> None:
         self._queue: asyncio.Queue[ProviderEvent | None] = asyncio.Queue(maxsize=buffer)
         self.dropped = 0
 
@@ -61,6 +60,7 @@ class EventWatch:
     def close(self) -> None:
         if self._queue.full():
             self._queue.get_nowait()
+            self.dropped += 1
         self._queue.put_nowait(None)
 
     async def __aiter__(self) -> AsyncIterator[ProviderEvent]:
@@ -92,7 +92,7 @@ class EventBus:
             span.add_event(f"aiproc.{event.kind.value}", attributes)
 
     def watch(self) -> EventWatch:
-        watch = EventWatch(self, self._buffer)
+        watch = EventWatch(self._buffer)
         self._watches.add(watch)
         return watch
 

@@ -106,9 +106,7 @@ class FailoverManager:
             state = slot.breaker.state(now)
             if state is BreakerState.OPEN:
                 return "circuit open", None
-            if state is BreakerState.HALF_OPEN and (
-                slot.breaker.probes_in_flight >= slot.breaker.settings.half_open_max_probes
-            ):
+            if state is BreakerState.HALF_OPEN and not slot.probing(now):
                 return "circuit half-open, probes in flight", None
         paused = slot.quota.paused_for(now)
         if paused > 0:
@@ -213,9 +211,6 @@ class FailoverManager:
                 task_id=task_id,
             )
         )
-
-    def slot(self, name: str) -> ProviderSlot:
-        return self._by_name[name]
 
     def __repr__(self) -> str:
         return f"<FailoverManager {self._selector.strategy} over {[s.name for s in self.slots]}>"

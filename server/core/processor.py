@@ -125,13 +125,12 @@ class Processor:
         self.pool = WorkerPool(self.queue, self._process, self.config.num_workers)
         self._sequence = itertools.count(1)
         self._cancel_requested: set[str] = set()
+        self._started: set[str] = set()
+        """Tasks whose handler has taken its first step (so it will record their end)."""
+        self._stopping = False
         self._accepting = False
         self._started_at = 0.0
         self._expiry: asyncio.Task[None] | None = None
-
-    @property
-    def is_running(self) -> bool:
-        return self._accepting
 
     async def start(self) -> None:
         """Rebuilds the queue from the store's live tasks, then starts the workers.
@@ -191,6 +190,8 @@ class Processor:
             await self.store.finish(self._shutdown_result(task, "not accepted"), task.created_at)
             await self.store.ack(client_id, (task.task_id,))
             self.counters.rejected += 1
+            if isinstance(exc, QueueClosed):
+                raise ShuttingDown("the server is shutting down and accepts no new tasks") from exc
             raise QueueFull(
                 f"queue is full ({self.queue.capacity} tasks waiting); retry later"
             ) from exc
@@ -215,18 +216,20 @@ class Processor:
             await self._finish(task, self._cancelled_result(task, queue_time=None))
             return TaskState.CANCELLED
         if self.pool.cancel_task(task_id):
-            self._cancel_requested.add(task_id)
-            if task.state is TaskState.QUEUED:
-                # Cancelled before its handler took its first step: no handler
-                # will record the result, so record it here.
-                self._cancel_requested.discard(task_id)
+            if task_id in self._started:
+                # Its handler records the CANCELLED result when the cancel lands.
+                self._cancel_requested.add(task_id)
+            else:
+                # Cancelled before its handler took a first step: the handler
+                # will never run, so the result is recorded here.
                 await self._finish(task, self._cancelled_result(task, queue_time=None))
             return TaskState.CANCELLED
         # Between queue and worker (being handed over): the worker's
         # mark_running will see the terminal state and skip it.
         if await self._finish(task, self._cancelled_result(task, queue_time=None)):
             return TaskState.CANCELLED
-        raise FailedPrecondition(f"task {task_id} finished while being cancelled")
+        finished = await self.store.get(task_id)
+        return finished.state if finished is not None else TaskState.CANCELLED
 
     async def ack(self, client_id: str, task_ids: Sequence[str]) -> None:
         await self.store.ack(client_id, task_ids)
@@ -234,8 +237,36 @@ class Processor:
 
     async def _process(self, task_id: str) -> None:
         """The worker's handler: run one task and record its result, whatever happens."""
+        self._started.add(task_id)
+        try:
+            await self._run(task_id)
+        finally:
+            self._started.discard(task_id)
+            self._cancel_requested.discard(task_id)
+
+    async def _interrupted(self, task: Task, trace_id: str = "") -> None:
+        """Records why a started task stopped short: a CancelTask, or the server stopping."""
+        if task.task_id in self._cancel_requested:
+            cancelled = self._cancelled_result(task, queue_time=None)
+            await self._finish(task, replace(cancelled, trace_id=trace_id))
+        elif self.store.durable:
+            await self.store.requeue(task.task_id, crashed=False)
+        else:
+            interrupted = self._shutdown_result(task, "interrupted while running")
+            await self._finish(task, replace(interrupted, trace_id=trace_id))
+
+    async def _run(self, task_id: str) -> None:
         started_at = self.clock.wall()
-        task = await self.store.mark_running(task_id, started_at)
+        try:
+            task = await self.store.mark_running(task_id, started_at)
+        except asyncio.CancelledError:
+            # Cancelled while the store wrote the start: the task may be RUNNING.
+            found = await self.store.get(task_id)
+            if found is not None and not found.state.is_terminal:
+                await self._interrupted(found)
+            if task_id not in self._cancel_requested:
+                raise
+            return
         if task is None:
             return  # cancelled or finished while it waited
         queue_time = max(0.0, started_at - task.created_at)
@@ -267,17 +298,10 @@ class Processor:
             try:
                 result = await self.runner.run(task, queue_time)
             except asyncio.CancelledError:
-                if task_id in self._cancel_requested:
-                    self._cancel_requested.discard(task_id)
-                    cancelled = self._cancelled_result(task, queue_time)
-                    await self._finish(task, replace(cancelled, trace_id=trace_id))
-                    return
-                if self.store.durable:
-                    await self.store.requeue(task_id, crashed=False)
-                else:
-                    interrupted = self._shutdown_result(task, "interrupted while running")
-                    await self._finish(task, replace(interrupted, trace_id=trace_id))
-                raise
+                await self._interrupted(task, trace_id)
+                if task_id not in self._cancel_requested:
+                    raise  # the server is stopping
+                return
             if result.error is not None:
                 span.set_status(Status(StatusCode.ERROR, result.error.code.value))
                 span.set_attribute("error.type", result.error.code.value)
@@ -393,8 +417,9 @@ class Processor:
         process, so they end FAILED with code SHUTDOWN (delivered to connected
         subscribers and logged) rather than vanishing.
         """
-        if not self._accepting and self._expiry is None:
+        if self._stopping:
             return
+        self._stopping = True
         self._accepting = False
         waiting = self.queue.drain()
         await self.pool.stop_taking()

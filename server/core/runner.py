@@ -283,9 +283,10 @@ class TaskRunner:
             task.spec, context_window=provider.context_window, max_tokens=self._config.max_tokens
         )
         estimate = sum(estimate_tokens(m.content) for m in messages) + self._config.max_tokens
-        settled = False
+        settled = reserved = called = False
         try:
             await self._admit(lease, estimate, deadline)
+            reserved = True
             async with self._calls, slot.slots:
                 if slot.quota.paused_for(self._clock.monotonic()) > 0:
                     raise _Repick  # a 429 arrived while this call queued
@@ -299,6 +300,7 @@ class TaskRunner:
                 await self._on_attempt(task.task_id)
                 began_wall, began = self._clock.wall(), self._clock.monotonic()
                 slot.in_flight += 1
+                called = True
                 try:
                     with self._provider_span(lease, request, len(progress.history) + 1) as span:
                         try:
@@ -327,6 +329,9 @@ class TaskRunner:
         finally:
             if not settled:
                 self._failover.released(lease)
+            if reserved and not called:
+                # The quota paid for a call that never went out: give it back.
+                slot.quota.cancel(self._clock.monotonic(), estimate)
 
     def _provider_span(
         self, lease: Lease, request: CompletionRequest, attempt: int
@@ -437,9 +442,8 @@ class TaskRunner:
             )
         )
         if isinstance(error, RateLimited):
-            pause = error.retry_after
-            if pause is None:
-                pause = self._backoff.delay(1, self._rng)
+            # At least a first backoff: "Retry-After: 0" must not become a hot loop.
+            pause = max(error.retry_after or 0.0, self._backoff.delay(1, self._rng))
             self._failover.rate_limited(lease, pause, str(error))
         else:
             self._failover.failed(lease, error)

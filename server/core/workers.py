@@ -80,9 +80,6 @@ class WorkerPool:
         _, pending = await asyncio.wait(jobs, timeout=grace)
         return not pending
 
-    def running_ids(self) -> list[str]:
-        return list(self._running)
-
     async def stop(self) -> None:
         """Cancels whatever still runs and waits for every worker to end."""
         for job in list(self._running.values()):

@@ -319,3 +319,13 @@ async def test_an_open_breaker_sends_traffic_elsewhere_and_failback_waits_its_de
     clock.advance(20.0)
     assert (await harness.run(make_task())).provider == "primary"
     assert EventKind.FAILBACK in harness.event_kinds()
+
+
+async def test_a_zero_retry_after_still_waits_a_first_backoff() -> None:
+    clock = FakeClock()
+    provider = ScriptedProvider("only", [RateLimited("429", retry_after=0.0)] * 3, clock)
+    harness = Harness([provider], clock, processor={"initial_backoff": 1.0})
+    result = await harness.run(make_task(timeout=60))
+    assert result.state is TaskState.SUCCEEDED
+    gaps = [b - a for a, b in zip(provider.calls, provider.calls[1:], strict=False)]
+    assert all(gap >= 0.5 for gap in gaps), gaps  # half of initial_backoff at least
