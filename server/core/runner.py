@@ -55,6 +55,9 @@ from aiproc.server.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+CALL_TIMEOUT_MARGIN = 0.05
+"""Seconds a provider call ends before the task's deadline, at most."""
+
 
 class _GaveUp(Exception):
     """The attempts ended without a completion."""
@@ -295,7 +298,7 @@ class TaskRunner:
                     model=task.spec.model or provider.model,
                     max_tokens=self._config.max_tokens,
                     temperature=self._config.temperature,
-                    timeout=max(deadline - self._clock.monotonic(), 0.001),
+                    timeout=self._call_timeout(deadline),
                 )
                 await self._on_attempt(task.task_id)
                 began_wall, began = self._clock.wall(), self._clock.monotonic()
@@ -332,6 +335,12 @@ class TaskRunner:
             if reserved and not called:
                 # The quota paid for a call that never went out: give it back.
                 slot.quota.cancel(self._clock.monotonic(), estimate)
+
+    def _call_timeout(self, deadline: float) -> float:
+        """The remaining time, less a small margin: a provider that hangs should time out
+        itself (and be counted as failing) just before the task's deadline cancels it."""
+        remaining = deadline - self._clock.monotonic()
+        return max(remaining - min(CALL_TIMEOUT_MARGIN, remaining * 0.1), 0.001)
 
     def _provider_span(
         self, lease: Lease, request: CompletionRequest, attempt: int

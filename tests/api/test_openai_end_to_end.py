@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from google.protobuf.duration_pb2 import Duration
+
 from aiproc.server.app import AiprocServer
 from aiproc.server.config import Config, ProviderConfig
 from aiproc.server.fakes.openai_server import FakeOpenAIServer, FakeReply
@@ -145,3 +147,18 @@ async def test_unreachable_provider_fails_with_a_transient_error(
     assert result.state == task_pb2.TASK_STATE_FAILED
     assert result.error.code == task_pb2.ERROR_CODE_TRANSIENT
     assert result.attempts == 2
+
+
+async def test_a_provider_that_hangs_times_out_and_counts_as_failing(
+    start_server: ServerFactory, channel_to: Connect
+) -> None:
+    async with FakeOpenAIServer() as fake:
+        fake.enqueue(FakeReply(hang=True))
+        server = await start_server(openai_config(fake), env={"FAKE_OPENAI_KEY": KEY})
+        stub = channel_to(server)
+        result = await run_one(stub, timeout=Duration(nanos=500_000_000))
+        assert result.error.code == task_pb2.ERROR_CODE_TIMEOUT
+        assert [a.error.code for a in result.history] == [task_pb2.ERROR_CODE_TIMEOUT]
+        stats = await stub.Stats(pb.StatsRequest(), timeout=5)
+        (provider,) = stats.providers
+        assert (provider.requests, provider.failures) == (1, 1)
