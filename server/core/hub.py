@@ -49,7 +49,8 @@ class Subscription:
     async def add(
         self, task_ids: Collection[str], *, all_tasks: bool, include_progress: bool
     ) -> None:
-        """Widens the subscription and queues the already finished, unacknowledged results."""
+        """Widens the subscription; the already finished, unacknowledged results it now
+        covers are read from the store on the reader's next step."""
         self.task_ids.update(task_ids)
         self.all_tasks = self.all_tasks or all_tasks
         self.include_progress = self.include_progress or include_progress

@@ -422,7 +422,7 @@ class Processor:
         self._stopping = True
         self._accepting = False
         waiting = self.queue.drain()
-        await self.pool.stop_taking()
+        self.pool.stop_taking()
         if self.store.durable:
             if waiting:
                 log.info("shutdown: %d queued tasks stay queued for the next start", len(waiting))

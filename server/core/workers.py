@@ -68,7 +68,7 @@ class WorkerPool:
                 if job.done():
                     self._running.pop(task_id, None)
 
-    async def stop_taking(self) -> None:
+    def stop_taking(self) -> None:
         """Stops idle workers; workers busy with a task stop after it."""
         self._queue.close()
 
