@@ -20,8 +20,8 @@ from aiproc.server.core.processor import Processor
 from aiproc.server.providers.base import Provider
 from aiproc.server.providers.http import create_http_client
 from aiproc.server.providers.registry import build_providers
-from aiproc.server.resilience.clock import Clock
-from aiproc.server.store.factory import open_store
+from aiproc.server.resilience.clock import Clock, SystemClock
+from aiproc.server.store.factory import open_backend
 from aiproc.server.telemetry.logs import configure_logging
 from aiproc.server.telemetry.setup import Telemetry
 from aiproc.v1 import processor_service_pb2, processor_service_pb2_grpc
@@ -111,8 +111,9 @@ class AiprocServer:
         telemetry: Telemetry,
         owned: contextlib.AsyncExitStack,
     ) -> AiprocServer:
-        store = await open_store(config.server, owned)
-        processor = Processor(config, store, providers, clock=clock, telemetry=telemetry)
+        clock = clock or SystemClock()
+        backend = await open_backend(config, owned, clock)
+        processor = Processor(config, backend, providers, clock=clock, telemetry=telemetry)
         grpc_server = grpc.aio.server()
         servicer = ProcessorServicer(
             processor, max_content_bytes=config.server.max_content_bytes, tracer=telemetry.tracer

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 _T = TypeVar("_T")
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -60,8 +61,16 @@ class ServerConfig:
     data_dir: str = "./data"
     """Where the server keeps its files. Default ./data."""
     store: str = "sqlite"
-    """Where tasks and results live: "sqlite" (a file under data_dir, survives crashes) or
-    "memory" (lost with the process). Default "sqlite"."""
+    """Where tasks and results live: "sqlite" (a file under data_dir, survives crashes),
+    "memory" (lost with the process), or a Redis URL ("redis://host:6379/0", "rediss://…"),
+    shared by every replica pointed at it. Default "sqlite"."""
+    redis_prefix: str = "aiproc"
+    """With a Redis store: the prefix of every key, so several deployments can share one
+    Redis. Default "aiproc"."""
+    lease_ttl: float = 15.0
+    """With a Redis store: seconds a replica's claim on a running task lasts without being
+    renewed (it is renewed every third of that); a dead replica's tasks run again elsewhere
+    this long after it died. Default 15s."""
     result_ttl: float = 3600.0
     """Seconds an unacknowledged result (and its finished task) is kept. Default 1h."""
     idempotency_window: float = 3600.0
@@ -270,6 +279,7 @@ def parse_duration(value: object, field_name: str) -> float:
 
 _DURATION_FIELDS = {
     "result_ttl",
+    "lease_ttl",
     "idempotency_window",
     "shutdown_grace",
     "worker_timeout",
@@ -341,10 +351,15 @@ def _validate_server(cfg: ServerConfig) -> None:
     host, sep, port = cfg.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError("server.listen", f"expected HOST:PORT, got {cfg.listen!r}")
-    if cfg.store not in ("memory", "sqlite"):
+    if cfg.store not in ("memory", "sqlite") and not cfg.store.startswith(REDIS_SCHEMES):
         raise ConfigError(
-            "server.store", f"unsupported store {cfg.store!r}; supported: sqlite, memory"
+            "server.store",
+            f"unsupported store {cfg.store!r}; supported: sqlite, memory, redis://HOST:PORT/DB",
         )
+    if not cfg.redis_prefix or any(c.isspace() for c in cfg.redis_prefix):
+        raise ConfigError("server.redis_prefix", "must be non-empty, without spaces")
+    if cfg.lease_ttl < 1:
+        raise ConfigError("server.lease_ttl", "must be at least 1 second")
     if not 0 < cfg.idempotency_window <= cfg.result_ttl:
         raise ConfigError(
             "server.idempotency_window",

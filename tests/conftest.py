@@ -13,6 +13,8 @@ from aiproc.server.config import Config
 from aiproc.v1 import processor_service_pb2_grpc as pb_grpc
 from tests.support import ServerFactory, make_config
 
+pytest_plugins = ["tests.redis_support"]  # the redis_prefix fixture
+
 
 @pytest.fixture
 async def start_server() -> AsyncIterator[ServerFactory]:

@@ -3,20 +3,28 @@
 The manager applies the policies (breaker, health, quota pauses, selection
 strategy, failback) to the provider slots. It never sleeps: when no provider
 can take a call it says how long to wait, and the runner waits.
+
+What this replica learns about a provider from its own calls (a Retry-After
+pause, its breaker opening or closing again) it tells the other replicas
+through `ProviderSignals`; what they learn arrives as `remote_paused` and
+`remote_breaker`, which act on it here and tell nobody.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from aiproc.server.core.errors import InvalidRequest, ProviderError
 from aiproc.server.core.events import EventBus, EventKind, ProviderEvent
 from aiproc.server.core.provider_pool import ProviderSlot
+from aiproc.server.core.signals import NoSignals, ProviderSignals
 from aiproc.server.resilience.breaker import BreakerState, Permit
 from aiproc.server.resilience.clock import Clock
 from aiproc.server.resilience.health import HealthLevel
 from aiproc.server.resilience.selection import Selector
+from aiproc.server.resilience.transition import Transition
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +56,9 @@ class FailoverManager:
         health_checks: bool,
         clock: Clock,
         events: EventBus,
+        signals: ProviderSignals | None = None,
     ) -> None:
+        """`signals` tells the other replicas; by default (a lone server) nobody is told."""
         if not slots:
             raise ValueError("at least one provider is required")
         self.slots = list(slots)
@@ -59,6 +69,7 @@ class FailoverManager:
         self._health_excludes = health_checks
         self._clock = clock
         self._events = events
+        self._signals: ProviderSignals = signals if signals is not None else NoSignals()
         self._all_down = False
 
     def choose(self, avoid: Collection[str] = ()) -> Lease | NoProvider:
@@ -162,7 +173,7 @@ class FailoverManager:
         slot.errors.add(now, ok=True)
         slot.record_health(now, ok=True)
         if slot.breaker is not None and lease.permit is not None:
-            slot.breaker.record_success(now, lease.permit)
+            self._breaker_verdict(slot, slot.breaker.record_success(now, lease.permit))
 
     def failed(self, lease: Lease, error: ProviderError) -> None:
         """A failed call; a request the provider rightly refused says nothing about its health."""
@@ -176,7 +187,7 @@ class FailoverManager:
         slot.errors.add(now, ok=False)
         slot.record_health(now, ok=False)
         if slot.breaker is not None and lease.permit is not None:
-            slot.breaker.record_failure(now, lease.permit)
+            self._breaker_verdict(slot, slot.breaker.record_failure(now, lease.permit))
 
     def rate_limited(self, lease: Lease, pause: float, reason: str) -> None:
         """The provider asked us to wait: no call to it starts for `pause` seconds."""
@@ -184,21 +195,60 @@ class FailoverManager:
         slot = lease.slot
         slot.requests += 1
         slot.rate_limited += 1
-        slot.quota.pause(now, pause)
+        self._pause(slot, now, pause, reason)
         self.released(lease)
-        self._events.publish(
-            ProviderEvent(
-                EventKind.PAUSED,
-                at=self._clock.wall(),
-                provider=slot.name,
-                reason=f"{reason}; pausing {pause:.2f}s",
-            )
-        )
+        self._signals.provider_paused(slot.name, pause)
 
     def released(self, lease: Lease) -> None:
         """The call ended with no verdict on the provider (cancelled, refused as invalid)."""
         if lease.slot.breaker is not None and lease.permit is not None:
             lease.slot.breaker.release(self._clock.monotonic(), lease.permit)
+
+    def _pause(self, slot: ProviderSlot, now: float, seconds: float, reason: str) -> None:
+        slot.quota.pause(now, seconds)
+        self._events.publish(
+            ProviderEvent(
+                EventKind.PAUSED,
+                at=self._clock.wall(),
+                provider=slot.name,
+                reason=f"{reason}; pausing {seconds:.2f}s",
+            )
+        )
+
+    def _breaker_verdict(self, slot: ProviderSlot, moved: Transition[BreakerState] | None) -> None:
+        """Tells the other replicas when a call's verdict opened or closed `slot`'s breaker."""
+        if moved is not None and moved.to_state is not BreakerState.HALF_OPEN:
+            self._signals.breaker_changed(slot.name, moved.to_state is BreakerState.OPEN)
+
+    # -- what other replicas saw ---------------------------------------------------
+
+    def remote_paused(self, provider: str, seconds: float) -> None:
+        """Another replica was rate limited by `provider`: no call to it starts for `seconds`.
+
+        The pause runs from now (a longer pause already running stays). Unknown
+        providers (replicas may be configured differently) and pauses that are
+        not a positive finite number of seconds are ignored.
+        """
+        slot = self._by_name.get(provider)
+        if slot is None or not 0 < seconds < math.inf:
+            return
+        self._pause(slot, self._clock.monotonic(), seconds, "rate limited on another replica")
+
+    def remote_breaker(self, provider: str, opened: bool) -> None:
+        """Another replica's breaker for `provider` opened (or closed again): so does this one's.
+
+        A forced OPEN half-opens after its recovery timeout as usual; an OPEN
+        breaker told to open stays as it is. The slot publishes the usual events.
+        Unknown providers, and replicas without breakers, ignore it.
+        """
+        slot = self._by_name.get(provider)
+        if slot is None or slot.breaker is None:
+            return
+        now = self._clock.monotonic()
+        if opened:
+            slot.breaker.force_open(now, "the breaker opened on another replica")
+        else:
+            slot.breaker.force_close(now, "the breaker closed on another replica")
 
     def failed_over(self, task_id: str, source: str, target: str, reason: str) -> None:
         self._events.publish(

@@ -56,9 +56,13 @@ class Subscription:
         self.include_progress = self.include_progress or include_progress
         # Registered first, read second: a result finishing in between arrives
         # twice and the `_sent` check drops the copy.
+        self.resynchronise()
+
+    def resynchronise(self) -> None:
+        """Re-reads the pending results from the store on the reader's next step."""
         self._resync = True
         if not self._buffer.full():
-            self._buffer.put_nowait(None)  # wakes the reader to resynchronise
+            self._buffer.put_nowait(None)  # wakes the reader
 
     def offer(self, item: StreamItem) -> None:
         """Called by the hub; never blocks."""
@@ -153,6 +157,16 @@ class ResultsHub:
         for subscription in self._subscriptions:
             if subscription.wants(item.task_id, item.client_id):
                 subscription.offer(item)
+
+    def wants(self, task_id: str, client_id: str) -> bool:
+        """Whether any subscription here would receive this task's result."""
+        return any(s.wants(task_id, client_id) for s in self._subscriptions)
+
+    def resync(self) -> None:
+        """Makes every subscription re-read its pending results from the store, for when
+        news of some may have been missed."""
+        for subscription in self._subscriptions:
+            subscription.resynchronise()
 
     def acknowledged(self, client_id: str, task_ids: Collection[str]) -> None:
         for subscription in self._subscriptions:

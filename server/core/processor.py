@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
 import uuid
@@ -18,6 +17,7 @@ from opentelemetry.metrics import NoOpMeter
 from opentelemetry.trace import NoOpTracer, Span, Status, StatusCode
 
 from aiproc.server.config import Config, ProviderConfig
+from aiproc.server.core.backend import Backend
 from aiproc.server.core.errors import FailedPrecondition, NotFound, QueueFull, ShuttingDown
 from aiproc.server.core.events import EventBus
 from aiproc.server.core.failover import FailoverManager
@@ -35,15 +35,13 @@ from aiproc.server.core.models import (
     TaskState,
 )
 from aiproc.server.core.provider_pool import build_slots
-from aiproc.server.core.queue import QueueClosed, TaskQueue
+from aiproc.server.core.queue import QueueClosed
 from aiproc.server.core.runner import TaskRunner
 from aiproc.server.core.stats import Counters, LatencyWindow, ProcessorStats
 from aiproc.server.core.workers import WorkerPool
 from aiproc.server.providers.base import Provider
 from aiproc.server.resilience.clock import Clock, SystemClock
-from aiproc.server.resilience.rate_limiter import RateLimiter
 from aiproc.server.resilience.selection import Selector
-from aiproc.server.store.base import TaskStore
 from aiproc.server.telemetry.metrics import Metrics
 from aiproc.server.telemetry.propagation import extract, inject_current
 from aiproc.server.telemetry.setup import Telemetry
@@ -65,12 +63,12 @@ EXPIRY_INTERVAL = 30.0
 
 
 class Processor:
-    """Owns the queue, the worker pool, the runner and the results hub over one store."""
+    """Owns the worker pool, the runner and the results hub over a backend's store and queue."""
 
     def __init__(
         self,
         config: Config,
-        store: TaskStore,
+        backend: Backend,
         providers: Sequence[tuple[Provider, ProviderConfig]],
         *,
         clock: Clock | None = None,
@@ -78,20 +76,18 @@ class Processor:
         telemetry: Telemetry | None = None,
     ) -> None:
         self.config = config.processor
-        self._max_crashes = config.server.max_crashes
         self._idempotency_window = config.server.idempotency_window
         self._tracer = telemetry.tracer if telemetry is not None else NoOpTracer()
-        self.store = store
+        self.store = store = backend.store
+        self.queue = backend.queue
+        self.bus = backend.bus
+        self.limiter = backend.limiter
         self.clock = clock or SystemClock()
-        self.queue = TaskQueue(self.config.queue_size)
         self.hub = ResultsHub(store)
         self.events = EventBus()
         self.counters = Counters()
         self.queue_latency = LatencyWindow()
         self.processing_latency = LatencyWindow()
-        self.limiter = RateLimiter(
-            self.config.rate_limit_rps, self.config.rate_limit_burst, self.clock
-        )
         slots = build_slots(providers, config, clock=self.clock, events=self.events)
         self.failover = FailoverManager(
             slots,
@@ -99,6 +95,7 @@ class Processor:
             health_checks=config.health.enabled,
             clock=self.clock,
             events=self.events,
+            signals=backend.bus,
         )
         self.metrics = Metrics(
             telemetry.meter if telemetry is not None else NoOpMeter("aiproc"),
@@ -115,7 +112,7 @@ class Processor:
             limiter=self.limiter,
             counters=self.counters,
             clock=self.clock,
-            on_progress=self.hub.publish,
+            on_progress=self._publish,
             on_attempt=store.record_attempt,
             rng=rng,
             tracer=self._tracer,
@@ -123,7 +120,6 @@ class Processor:
             record_content=telemetry.record_content if telemetry is not None else False,
         )
         self.pool = WorkerPool(self.queue, self._process, self.config.num_workers)
-        self._sequence = itertools.count(1)
         self._cancel_requested: set[str] = set()
         self._started: set[str] = set()
         """Tasks whose handler has taken its first step (so it will record their end)."""
@@ -133,26 +129,14 @@ class Processor:
         self._expiry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Rebuilds the queue from the store's live tasks, then starts the workers.
+        """Makes the unfinished tasks in the store runnable again, then starts the workers.
 
-        A task found RUNNING was running when the previous process died: it
-        runs again (at-least-once), unless that has happened max_crashes times,
-        when it is dead-lettered instead of crashing the server forever.
+        A task that was running when its process died runs again
+        (at-least-once), unless that has happened max_crashes times, when it is
+        dead-lettered instead of crashing servers forever.
         """
-        live = sorted(await self.store.live_tasks(), key=lambda t: t.sequence)
-        self._sequence = itertools.count(await self.store.last_sequence() + 1)
-        for task in live:
-            if task.state is TaskState.RUNNING:
-                if task.crashes + 1 >= self._max_crashes:
-                    await self._finish(task, self._dead_letter(task))
-                    continue
-                requeued = await self.store.requeue(task.task_id, crashed=True)
-                if requeued is None:
-                    continue
-                task = requeued
-            self.queue.restore(task.task_id, task.spec.priority, task.sequence)
-        if live:
-            log.info("recovered %d unfinished tasks from the store", len(live))
+        await self.bus.start(self)
+        await self.queue.start(self._dead_letter_task)
         self._started_at = self.clock.wall()
         self._accepting = True
         self.pool.start()
@@ -170,33 +154,25 @@ class Processor:
             window_start = self.clock.wall() - self._idempotency_window
             if earlier is not None and earlier.created_at >= window_start:
                 return earlier, True
-        if len(self.queue) >= self.queue.capacity:
-            self.counters.rejected += 1
-            raise QueueFull(f"queue is full ({self.queue.capacity} tasks waiting); retry later")
         task = Task(
             task_id=uuid.uuid4().hex,
             client_id=client_id,
             spec=spec,
             created_at=self.clock.wall(),
-            sequence=next(self._sequence),
             trace_context=inject_current(),
         )
-        await self.store.put(task)
         try:
-            self.queue.put(task.task_id, spec.priority, task.sequence)
-        except (QueueFull, QueueClosed) as exc:
-            # Capacity was taken (or the server began stopping) while the store
-            # wrote: undo, so an accepted task is never one nobody will run.
-            await self.store.finish(self._shutdown_result(task, "not accepted"), task.created_at)
-            await self.store.ack(client_id, (task.task_id,))
+            task, created = await self.queue.admit(task)
+        except QueueFull:
             self.counters.rejected += 1
-            if isinstance(exc, QueueClosed):
-                raise ShuttingDown("the server is shutting down and accepts no new tasks") from exc
-            raise QueueFull(
-                f"queue is full ({self.queue.capacity} tasks waiting); retry later"
-            ) from exc
+            raise
+        except QueueClosed as exc:
+            self.counters.rejected += 1
+            raise ShuttingDown("the server is shutting down and accepts no new tasks") from exc
+        if not created:
+            return task, True  # another replica queued it with this key a moment ago
         self.counters.queued += 1
-        self.hub.publish(
+        self._publish(
             ProgressEvent(task.task_id, client_id, ProgressKind.QUEUED, at=task.created_at)
         )
         return task, False
@@ -212,8 +188,9 @@ class Processor:
         task = await self.get(client_id, task_id)
         if task.state.is_terminal:
             return task.state
-        if self.queue.remove(task_id):
-            await self._finish(task, self._cancelled_result(task, queue_time=None))
+        if await self.queue.withdraw(task_id) and await self._finish(
+            task, self._cancelled_result(task, queue_time=None)
+        ):
             return TaskState.CANCELLED
         if self.pool.cancel_task(task_id):
             if task_id in self._started:
@@ -224,9 +201,10 @@ class Processor:
                 # will never run, so the result is recorded here.
                 await self._finish(task, self._cancelled_result(task, queue_time=None))
             return TaskState.CANCELLED
-        # Between queue and worker (being handed over): the worker's
-        # mark_running will see the terminal state and skip it.
+        # Being handed to a worker (whose mark_running will see the terminal
+        # state and skip it), or running on another replica (told to stop).
         if await self._finish(task, self._cancelled_result(task, queue_time=None)):
+            self.bus.cancel(task_id)
             return TaskState.CANCELLED
         finished = await self.store.get(task_id)
         return finished.state if finished is not None else TaskState.CANCELLED
@@ -243,6 +221,7 @@ class Processor:
         finally:
             self._started.discard(task_id)
             self._cancel_requested.discard(task_id)
+            self.queue.done(task_id)
 
     async def _interrupted(self, task: Task, trace_id: str = "") -> None:
         """Records why a started task stopped short: a CancelTask, or the server stopping."""
@@ -250,7 +229,7 @@ class Processor:
             cancelled = self._cancelled_result(task, queue_time=None)
             await self._finish(task, replace(cancelled, trace_id=trace_id))
         elif self.store.durable:
-            await self.store.requeue(task.task_id, crashed=False)
+            await self.queue.give_back(task.task_id)
         else:
             interrupted = self._shutdown_result(task, "interrupted while running")
             await self._finish(task, replace(interrupted, trace_id=trace_id))
@@ -271,7 +250,7 @@ class Processor:
             return  # cancelled or finished while it waited
         queue_time = max(0.0, started_at - task.created_at)
         self.queue_latency.add(queue_time)
-        self.hub.publish(
+        self._publish(
             ProgressEvent(task_id, task.client_id, ProgressKind.STARTED, at=started_at, attempt=1)
         )
         # The task continues the trace it was queued in, even in another process.
@@ -327,8 +306,46 @@ class Processor:
             if result.error is not None and result.error.code is ErrorCode.TIMEOUT:
                 self.counters.timed_out += 1
         stored = (await self.store.get(task.task_id)) or task
-        self.hub.publish(stored.result or result)
+        self._publish(stored.result or result)
         return True
+
+    def _publish(self, item: TaskResult | ProgressEvent) -> None:
+        """To this replica's subscribers, and through the bus to the other replicas'."""
+        self.hub.publish(item)
+        if isinstance(item, TaskResult):
+            self.bus.result_ready(item)
+        else:
+            self.bus.progress(item)
+
+    async def remote_result(self, task_id: str, client_id: str) -> None:
+        """Delivers a result another replica recorded to this replica's subscribers."""
+        if not self.hub.wants(task_id, client_id):
+            return
+        task = await self.store.get(task_id)
+        if task is not None and task.result is not None:
+            self.hub.publish(task.result)
+
+    def remote_progress(self, event: ProgressEvent) -> None:
+        self.hub.publish(event)
+
+    def remote_cancel(self, task_id: str) -> None:
+        """Stops a task that another replica cancelled, if it runs here (its result, CANCELLED,
+        is already recorded)."""
+        if task_id in self._started:
+            self._cancel_requested.add(task_id)
+        self.pool.cancel_task(task_id)
+
+    def remote_paused(self, provider: str, seconds: float) -> None:
+        self.failover.remote_paused(provider, seconds)
+
+    def remote_breaker(self, provider: str, opened: bool) -> None:
+        self.failover.remote_breaker(provider, opened)
+
+    def resync(self) -> None:
+        self.hub.resync()
+
+    async def _dead_letter_task(self, task: Task) -> None:
+        await self._finish(task, self._dead_letter(task))
 
     def _cancelled_result(self, task: Task, queue_time: float | None) -> TaskResult:
         return self._terminal(
@@ -349,11 +366,10 @@ class Processor:
             raise FailedPrecondition(f"task {task_id} is {task.state.value}; only a finished task")
         if not self._accepting:
             raise ShuttingDown("the server is shutting down and accepts no new tasks")
-        requeued = await self.store.requeue(task_id, crashed=False)
+        requeued = await self.queue.requeue(task_id)
         if requeued is None:
             raise NotFound(f"task {task_id} not found")
         self.hub.acknowledged(client_id, (task_id,))
-        self.queue.restore(task_id, requeued.spec.priority, requeued.sequence)
         self.counters.queued += 1
         return requeued.state
 
@@ -392,10 +408,11 @@ class Processor:
 
     def stats(self) -> ProcessorStats:
         now = self.clock.monotonic()
+        depths = self.queue.depths()
         return ProcessorStats(
             queue_size=len(self.queue),
             queue_capacity=self.queue.capacity,
-            queue_depths={p: self.queue.depth(p) for p in sorted(Priority, reverse=True)},
+            queue_depths={p: depths[p.name.lower()] for p in sorted(Priority, reverse=True)},
             active_workers=self.pool.active,
             total_workers=self.pool.size,
             is_running=self._accepting,
@@ -421,11 +438,10 @@ class Processor:
             return
         self._stopping = True
         self._accepting = False
-        waiting = self.queue.drain()
+        waiting = [] if self.store.durable else await self.queue.drain()
         self.pool.stop_taking()
         if self.store.durable:
-            if waiting:
-                log.info("shutdown: %d queued tasks stay queued for the next start", len(waiting))
+            log.info("shutdown: the %d queued tasks stay queued", len(self.queue))
         else:
             for task_id in waiting:
                 task = await self.store.get(task_id)
@@ -443,6 +459,8 @@ class Processor:
                 grace,
             )
         await self.pool.stop()
+        await self.queue.stop()
+        await self.bus.stop()
         if self.health_monitor is not None:
             await self.health_monitor.stop()
         self.events.close()

@@ -147,18 +147,19 @@ class ProviderSlot:
 
     def _breaker_moved(self, moved: Transition[BreakerState]) -> None:
         now = self._clock.monotonic()
+        cause = self.breaker.cause if self.breaker is not None else ""
         self.breaker_gauge = _BREAKER_GAUGE[moved.to_state]
         if moved.to_state is BreakerState.OPEN:
             if self.down_since is None:
                 self.down_since = moved.at
             self._publish(EventKind.BREAKER_OPENED, reason=repr(self.breaker))
         elif moved.to_state is BreakerState.HALF_OPEN:
-            self._publish(EventKind.BREAKER_HALF_OPEN, reason="recovery timeout passed")
+            self._publish(EventKind.BREAKER_HALF_OPEN, reason=cause)
         elif moved.to_state is BreakerState.CLOSED:
             downtime = now - self.down_since if self.down_since is not None else 0.0
             self.down_since = None
             self.failback_until = now + self.failback_delay
-            self._publish(EventKind.RECOVERED, reason="probe succeeded", downtime=downtime)
+            self._publish(EventKind.RECOVERED, reason=cause, downtime=downtime)
             # The errors that opened the breaker describe an outage that is over;
             # kept, they would rank the provider down long after its failback.
             self.errors.clear()

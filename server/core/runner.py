@@ -49,7 +49,7 @@ from aiproc.server.providers.base import Completion, CompletionRequest
 from aiproc.server.providers.prompt import build_messages, estimate_tokens
 from aiproc.server.resilience.backoff import Backoff
 from aiproc.server.resilience.clock import Clock
-from aiproc.server.resilience.rate_limiter import RateLimiter
+from aiproc.server.resilience.rate_limiter import Limiter
 from aiproc.server.telemetry import genai
 from aiproc.server.telemetry.metrics import Metrics
 
@@ -93,7 +93,7 @@ class TaskRunner:
         config: ProcessorConfig,
         failover_config: FailoverConfig,
         failover: FailoverManager,
-        limiter: RateLimiter,
+        limiter: Limiter,
         counters: Counters,
         clock: Clock,
         on_progress: Callable[[ProgressEvent], None],

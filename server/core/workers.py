@@ -8,7 +8,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aiproc.server.core.queue import QueueClosed, TaskQueue
+from aiproc.server.core.queue import QueueClosed
+from aiproc.server.core.work import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ class WorkerPool:
     (CancelTask) without killing the worker that runs it.
     """
 
-    def __init__(self, queue: TaskQueue, handler: TaskHandler, size: int) -> None:
+    def __init__(self, queue: WorkQueue, handler: TaskHandler, size: int) -> None:
         self._queue = queue
         self._handler = handler
         self.size = size

@@ -13,6 +13,11 @@ verdict counts only in the epoch its call was admitted in: a call admitted while
 CLOSED that fails after the breaker opened cannot re-open a half-open breaker
 or close it, and a probe that returns after its half-open phase ended changes
 nothing but its slot.
+
+`force_open` and `force_close` move the breaker for a reason outside its own
+calls (another replica's breaker opened or closed). They are state changes like
+any other: a new epoch, a fresh count, `on_transition` told; a forced OPEN
+half-opens after `recovery_timeout` as usual.
 """
 
 from __future__ import annotations
@@ -127,7 +132,7 @@ class CircuitBreaker:
         self._window = WindowedRate(settings.window)
         self._in_a_row = 0
         self._probes = 0
-        self._tripped_by = ""
+        self._cause = ""
 
     # -- queries -------------------------------------------------------------
 
@@ -144,6 +149,11 @@ class CircuitBreaker:
     def probes_in_flight(self) -> int:
         """Probe permits handed out and not yet settled."""
         return self._probes
+
+    @property
+    def cause(self) -> str:
+        """Why the breaker last changed state, e.g. "5 failures in a row" or "probe succeeded"."""
+        return self._cause
 
     # -- admission and outcomes ----------------------------------------------
 
@@ -162,34 +172,70 @@ class CircuitBreaker:
             return Permit(self._epoch, probe=True)
         return None
 
-    def record_success(self, now: float, permit: Permit) -> None:
-        """The call succeeded: counts in CLOSED; a current probe's success closes the breaker."""
+    def record_success(self, now: float, permit: Permit) -> Transition[BreakerState] | None:
+        """The call succeeded: counts in CLOSED; a current probe's success closes the breaker.
+
+        Returns the state change this verdict caused, if any.
+        """
         if not self._settle(now, permit):
-            return
+            return None
         if self._state is BreakerState.CLOSED:
             self._window.add(now, ok=True)
             self._in_a_row = 0
             # A success can complete the window's quota of calls while the
             # failures in it already reach the threshold.
-            self._maybe_trip(now)
-        elif self._state is BreakerState.HALF_OPEN:
-            self._move(BreakerState.CLOSED, now)
+            return self._maybe_trip(now)
+        if self._state is BreakerState.HALF_OPEN:
+            return self._move(BreakerState.CLOSED, now, "probe succeeded")
+        return None
 
-    def record_failure(self, now: float, permit: Permit) -> None:
-        """The call failed: may open a CLOSED breaker; a current probe's failure re-opens it."""
+    def record_failure(self, now: float, permit: Permit) -> Transition[BreakerState] | None:
+        """The call failed: may open a CLOSED breaker; a current probe's failure re-opens it.
+
+        Returns the state change this verdict caused, if any.
+        """
         if not self._settle(now, permit):
-            return
+            return None
         if self._state is BreakerState.CLOSED:
             self._window.add(now, ok=False)
             self._in_a_row += 1
-            self._maybe_trip(now)
-        elif self._state is BreakerState.HALF_OPEN:
-            self._tripped_by = "a failed probe"
-            self._move(BreakerState.OPEN, now)
+            return self._maybe_trip(now)
+        if self._state is BreakerState.HALF_OPEN:
+            return self._move(BreakerState.OPEN, now, "a failed probe")
+        return None
 
     def release(self, now: float, permit: Permit) -> None:
         """The call ended with no verdict (cancelled, rate-limited): frees its slot only."""
         self._settle(now, permit)
+
+    # -- moves from outside ------------------------------------------------------
+
+    def force_open(
+        self, now: float, reason: str = "forced open"
+    ) -> Transition[BreakerState] | None:
+        """Opens the breaker now, as a trip would; returns the move, or None when already OPEN.
+
+        An OPEN breaker keeps its recovery timer; a HALF_OPEN one re-opens with a
+        fresh one. Every permit handed out before is stale, as after any move.
+        """
+        self._tick(now)
+        if self._state is BreakerState.OPEN:
+            return None
+        return self._move(BreakerState.OPEN, now, reason)
+
+    def force_close(
+        self, now: float, reason: str = "forced closed"
+    ) -> Transition[BreakerState] | None:
+        """Closes the breaker now, as a probe success would; returns the move, or None when CLOSED.
+
+        A CLOSED breaker keeps its count of recent outcomes. Every permit handed
+        out before is stale, as after any move; probes still hold their slots
+        until settled.
+        """
+        self._tick(now)
+        if self._state is BreakerState.CLOSED:
+            return None
+        return self._move(BreakerState.CLOSED, now, reason)
 
     # -- internals -----------------------------------------------------------
 
@@ -203,32 +249,33 @@ class CircuitBreaker:
             self._probes -= 1
         return permit.epoch == self._epoch
 
-    def _maybe_trip(self, now: float) -> None:
+    def _maybe_trip(self, now: float) -> Transition[BreakerState] | None:
         s = self.settings
         total, failed = self._window.counts(now)
         if self._in_a_row >= s.failure_threshold:
-            self._tripped_by = f"{self._in_a_row} failures in a row"
+            cause = f"{self._in_a_row} failures in a row"
         elif (
             total >= s.min_requests
             and failed >= s.failure_threshold
             and failed >= s.failure_rate * total
         ):
-            self._tripped_by = f"{failed}/{total} failures in {s.window:g}s"
+            cause = f"{failed}/{total} failures in {s.window:g}s"
         else:
-            return
-        self._move(BreakerState.OPEN, now)
+            return None
+        return self._move(BreakerState.OPEN, now, cause)
 
     def _tick(self, now: float) -> None:
         self._latest = max(self._latest, now)
         if self._state is BreakerState.OPEN:
             due = self._since + self.settings.recovery_timeout
             if now >= due:
-                self._move(BreakerState.HALF_OPEN, due)
+                self._move(BreakerState.HALF_OPEN, due, "recovery timeout passed")
 
-    def _move(self, to: BreakerState, at: float) -> None:
+    def _move(self, to: BreakerState, at: float, cause: str) -> Transition[BreakerState]:
         transition = Transition(self._state, to, at)
         self._state = to
         self._since = at
+        self._cause = cause
         # A new epoch makes every permit handed out before this change stale.
         self._epoch += 1
         # Every way into CLOSED or OPEN starts counting afresh: the reference
@@ -237,6 +284,7 @@ class CircuitBreaker:
         self._in_a_row = 0
         if self._on_transition is not None:
             self._on_transition(transition)
+        return transition
 
     def __repr__(self) -> str:
         # repr has no clock: it describes the breaker at the latest time it was given.
@@ -249,7 +297,7 @@ class CircuitBreaker:
             )
         if self._state is BreakerState.OPEN:
             left = max(0.0, self._since + self.settings.recovery_timeout - now)
-            return f"<CircuitBreaker OPEN after {self._tripped_by}, half-open in {left:.1f}s>"
+            return f"<CircuitBreaker OPEN after {self._cause}, half-open in {left:.1f}s>"
         return (
             f"<CircuitBreaker HALF_OPEN probes={self._probes}/"
             f"{self.settings.half_open_max_probes} in flight>"

@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from aiproc.server.resilience.clock import Clock
 from aiproc.server.resilience.token_bucket import TokenBucket
+
+
+class Limiter(Protocol):
+    """What a worker needs from a rate limiter: one wait per provider call, and counters.
+
+    `RateLimiter` keeps its budget in this process; the Redis one
+    (cluster/rate_limiter.py) shares one budget between every replica.
+    """
+
+    waits: int
+    """Calls that had to wait."""
+    waited_seconds: float
+    """Seconds those calls waited, in total."""
+
+    async def acquire(self) -> float:
+        """Waits until this call may start; returns the seconds waited (0.0 if none)."""
+        ...
 
 
 class RateLimiter:

@@ -17,21 +17,17 @@ survives those too, at the cost of one fsync per group of changes.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
 
 from aiproc.server.core.errors import StoreError
-from aiproc.server.core.models import (
-    AttemptRecord,
-    ErrorCode,
-    Priority,
-    Task,
-    TaskError,
-    TaskResult,
-    TaskSpec,
-    TaskState,
-    TokenUsage,
+from aiproc.server.core.models import Task, TaskResult, TaskState
+from aiproc.server.store.codec import (
+    dumps,
+    result_from_json,
+    result_to_json,
+    spec_from_json,
+    spec_to_json,
 )
 from aiproc.server.store.journal import Journal, ResultRow, Statement, TaskRow
 from aiproc.server.store.memory import MemoryStore
@@ -136,7 +132,7 @@ class SqliteStore:
             ),
             (
                 "INSERT INTO results (task_id, client_id, result) VALUES (?, ?, ?)",
-                (task.task_id, task.client_id, _dumps(_result_to_json(task.result))),
+                (task.task_id, task.client_id, dumps(result_to_json(task.result))),
             ),
         )
         return True
@@ -239,7 +235,7 @@ async def _replay(
                 task.state, task.finished_at = TaskState.RUNNING, None
             await memory.put(task)
         for task_id, text, was_acked in results:
-            result = _result_from_json(json.loads(text))
+            result = result_from_json(json.loads(text))
             _, finished_at = stored.get(task_id, (TaskState.QUEUED, None))
             if finished_at is None or not await memory.finish(result, finished_at):
                 raise ValueError(f"a result for task {task_id}, which has not finished")
@@ -258,11 +254,7 @@ async def _replay(
     return memory
 
 
-# -- Rows and JSON: explicit, field by field; enums by value ---------------------------------
-
-
-# One encoder for all: json.dumps with options builds a new one on every call.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# -- Rows: explicit, field by field; enums by value (the JSON is in codec) ----------------
 
 
 def _task_row(task: Task) -> tuple[object, ...]:
@@ -276,8 +268,8 @@ def _task_row(task: Task) -> tuple[object, ...]:
         task.finished_at,
         task.attempts,
         task.crashes,
-        _dumps(_spec_to_json(task.spec)),
-        _dumps(dict(task.trace_context)),
+        dumps(spec_to_json(task.spec)),
+        dumps(dict(task.trace_context)),
     )
 
 
@@ -287,7 +279,7 @@ def _task_from_row(row: TaskRow) -> Task:
     return Task(
         task_id=task_id,
         client_id=client_id,
-        spec=_spec_from_json(json.loads(spec)),
+        spec=spec_from_json(json.loads(spec)),
         created_at=created_at,
         state=TaskState(state),
         started_at=started_at,
@@ -297,87 +289,3 @@ def _task_from_row(row: TaskRow) -> Task:
         trace_context=json.loads(trace_context),
         crashes=crashes,
     )
-
-
-def _spec_to_json(spec: TaskSpec) -> dict[str, object]:
-    return {
-        "url": spec.url,
-        "content": spec.content,
-        "priority": spec.priority.value,
-        "timeout": spec.timeout,
-        "instructions": spec.instructions,
-        "model": spec.model,
-        "idempotency_key": spec.idempotency_key,
-        "metadata": dict(spec.metadata),
-        "max_retries": spec.max_retries,
-    }
-
-
-def _spec_from_json(data: Mapping[str, Any]) -> TaskSpec:
-    return TaskSpec(
-        url=data["url"],
-        content=data["content"],
-        priority=Priority(data["priority"]),
-        timeout=data["timeout"],
-        instructions=data["instructions"],
-        model=data["model"],
-        idempotency_key=data["idempotency_key"],
-        metadata=data["metadata"],
-        max_retries=data["max_retries"],
-    )
-
-
-def _result_to_json(result: TaskResult) -> dict[str, object]:
-    return {
-        "task_id": result.task_id,
-        "client_id": result.client_id,
-        "url": result.url,
-        "state": result.state.value,
-        "enhanced_content": result.enhanced_content,
-        "error": _error_to_json(result.error),
-        "provider": result.provider,
-        "model": result.model,
-        "attempts": result.attempts,
-        "usage": [result.usage.input_tokens, result.usage.output_tokens],
-        "queue_time": result.queue_time,
-        "processing_time": result.processing_time,
-        "trace_id": result.trace_id,
-        "completed_at": result.completed_at,
-        "metadata": dict(result.metadata),
-        "history": [
-            [a.provider, a.started_at, a.duration, _error_to_json(a.error)] for a in result.history
-        ],
-    }
-
-
-def _result_from_json(data: Mapping[str, Any]) -> TaskResult:
-    input_tokens, output_tokens = data["usage"]
-    return TaskResult(
-        task_id=data["task_id"],
-        client_id=data["client_id"],
-        url=data["url"],
-        state=TaskState(data["state"]),
-        enhanced_content=data["enhanced_content"],
-        error=_error_from_json(data["error"]),
-        provider=data["provider"],
-        model=data["model"],
-        attempts=data["attempts"],
-        usage=TokenUsage(input_tokens, output_tokens),
-        queue_time=data["queue_time"],
-        processing_time=data["processing_time"],
-        trace_id=data["trace_id"],
-        completed_at=data["completed_at"],
-        metadata=data["metadata"],
-        history=tuple(
-            AttemptRecord(provider, started_at, duration, _error_from_json(error))
-            for provider, started_at, duration, error in data["history"]
-        ),
-    )
-
-
-def _error_to_json(error: TaskError | None) -> list[str] | None:
-    return None if error is None else [error.code.value, error.message]
-
-
-def _error_from_json(data: Sequence[str] | None) -> TaskError | None:
-    return None if data is None else TaskError(ErrorCode(data[0]), data[1])

@@ -1,14 +1,10 @@
-"""Nothing lost: restarts, crashes (a real kill -9) and dead letters with the SQLite store."""
+"""Nothing lost: restarts, crashes (a real kill -9) and dead letters with the durable stores."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -18,9 +14,9 @@ from aiproc.server.core.models import ErrorCode, Task, TaskSpec, TaskState
 from aiproc.server.fakes.openai_server import FakeOpenAIServer
 from aiproc.server.store.lock import DataDirInUse
 from aiproc.server.store.sqlite import SqliteStore
+from tests.processes import served
+from tests.redis_support import REDIS_URL, delete_prefix, unique_prefix
 from tests.support import GatedProvider, ServerFactory, make_config
-
-SERVE = (sys.executable, "-m", "aiproc.server.cli.main", "serve")
 
 
 def sqlite_config(data_dir: Path, **processor: object) -> object:
@@ -70,34 +66,22 @@ async def test_a_task_running_through_max_crashes_is_dead_lettered(
         assert (await client.wait(queued.task_id, timeout=10)).success
 
 
-@asynccontextmanager
-async def served(config: Path, data_dir: Path, log: Path) -> AsyncIterator[tuple[int, str]]:
-    """A real `aiproc serve` process; yields its pid and address; killed at the end."""
-    with log.open("ab") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            *SERVE, "--listen", "127.0.0.1:0", "--config", str(config),
-            "--data-dir", str(data_dir),
-            stdout=asyncio.subprocess.PIPE, stderr=log_file,
-        )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        async with asyncio.timeout(30):
-            line = (await process.stdout.readline()).decode()
-        match = re.search(r"serving on (\S+)", line)
-        assert match, f"no address in {line!r}; see {log}"
-        yield process.pid, match.group(1)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-
-
-async def test_kill_9_mid_run_loses_no_task_and_no_result(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+async def test_kill_9_mid_run_loses_no_task_and_no_result(tmp_path: Path, store: str) -> None:
     total = 120
+    prefix = unique_prefix()
+    # With Redis the restarted server finds the dead one's running tasks when
+    # their leases run out: lease_ttl after the kill.
+    server = (
+        f'[server]\nstore = "{REDIS_URL}"\nredis_prefix = "{prefix}"\nlease_ttl = "1s"\n'
+        if store == "redis"
+        else ""
+    )
     async with FakeOpenAIServer(latency=0.05) as fake:
         config = tmp_path / "aiproc.toml"
         config.write_text(
-            f"""
+            server
+            + f"""
 [processor]
 num_workers = 8
 rate_limit_rps = 10000
@@ -152,6 +136,7 @@ model = "gpt-4o-mini"
             )
             assert repeat.task_id == accepted[0]
             assert repeat.deduplicated
+    await delete_prefix(prefix)
 
 
 async def test_a_second_server_on_the_same_data_dir_is_refused(

@@ -9,14 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import re
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 
 import grpc
-import httpx
 
 from aiproc.server.app import AiprocServer
 from aiproc.server.config import Config, ProviderConfig
@@ -27,6 +24,7 @@ from aiproc.v1 import processor_service_pb2 as pb
 from aiproc.v1 import processor_service_pb2_grpc as pb_grpc
 from aiproc.v1 import task_pb2
 from tests.api.test_server import Stream, queue_request
+from tests.processes import fake_provider_process, provider_arrivals
 from tests.support import ServerFactory, make_config
 
 Connect = Callable[[AiprocServer], "pb_grpc.ProcessorServiceAsyncStub"]
@@ -185,26 +183,6 @@ async def test_a_429_storm_fails_no_task_and_no_request_comes_before_retry_after
         assert stats.providers[0].rate_limited == 6
 
 
-@contextlib.asynccontextmanager
-async def fake_provider_process() -> AsyncIterator[str]:
-    """`aiproc fake-provider` in its own process, so its clock reads arrivals without
-    waiting on this process's event loop; yields its base URL."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aiproc.server.cli.main", "fake-provider", "--port", "0", "--record",
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        async with asyncio.timeout(20):
-            line = (await process.stdout.readline()).decode()
-        match = re.search(r"(http://\S+/v1)", line)
-        assert match, f"unexpected announcement: {line!r}"
-        yield match.group(1)
-    finally:
-        process.terminate()
-        await process.wait()
-
-
 async def test_rate_limit_rps_holds_over_a_30_second_run(
     start_server: ServerFactory, channel_to: Connect
 ) -> None:
@@ -229,10 +207,7 @@ async def test_rate_limit_rps_holds_over_a_30_second_run(
         total = int(rate * seconds) + 1
         results = await run_tasks(stub, total, within=seconds * 2)
         assert all(r.success for r in results)
-        control = base_url.removesuffix("/v1") + "/_fake/requests"
-        async with httpx.AsyncClient() as client:
-            listed = (await client.get(control)).json()["requests"]
-    arrivals = sorted(r["arrived_at"] for r in listed if r["path"].endswith("/chat/completions"))
+        arrivals = await provider_arrivals(base_url)
     assert len(arrivals) == total
     average = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
     assert 19.5 <= average <= rate * 1.01, f"{average:.2f} calls/s"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 
@@ -343,3 +344,146 @@ def test_a_busy_provider_with_a_few_scattered_errors_stays_closed() -> None:
     for ok in [False, True, False] * 3 + [False]:
         call(fresh, now, ok=ok)
     assert fresh.state(now) is OPEN
+
+
+# -- verdicts report their move ----------------------------------------------------
+
+
+def test_a_verdict_returns_the_move_it_caused_and_only_that() -> None:
+    breaker, _ = make()
+    for _ in range(4):
+        assert breaker.record_failure(0.0, permit(breaker, 0.0)) is None
+    assert breaker.record_failure(0.0, permit(breaker, 0.0)) == Transition(CLOSED, OPEN, 0.0)
+    probe = permit(breaker, 30.0)  # the time-driven HALF_OPEN is no verdict's doing
+    assert breaker.record_failure(31.0, probe) == Transition(HALF_OPEN, OPEN, 31.0)
+    probe = permit(breaker, 61.0)
+    assert breaker.record_success(62.0, probe) == Transition(HALF_OPEN, CLOSED, 62.0)
+    assert breaker.record_success(62.0, permit(breaker, 62.0)) is None
+    assert breaker.record_success(62.0, probe) is None  # settled already
+
+
+def test_cause_says_why_it_last_moved() -> None:
+    breaker, _ = make()
+    assert breaker.cause == ""
+    trip(breaker, 0.0)
+    assert breaker.cause == "5 failures in a row"
+    probe = permit(breaker, 30.0)
+    assert breaker.cause == "recovery timeout passed"
+    breaker.record_success(30.0, probe)
+    assert breaker.cause == "probe succeeded"
+
+
+# -- forced moves --------------------------------------------------------------------
+
+
+def test_force_open_opens_a_closed_breaker_which_then_half_opens_as_usual() -> None:
+    breaker, events = make()
+    moved = breaker.force_open(10.0, "opened elsewhere")
+    assert moved == Transition(CLOSED, OPEN, 10.0)
+    assert events == [moved]
+    assert breaker.state(10.0) is OPEN
+    assert breaker.cause == "opened elsewhere"
+    assert repr(breaker) == "<CircuitBreaker OPEN after opened elsewhere, half-open in 30.0s>"
+    assert breaker.allow(39.9) is None
+    probe = permit(breaker, 40.0)
+    assert probe.probe
+    breaker.record_success(41.0, probe)
+    assert [e.to_state for e in events] == [OPEN, HALF_OPEN, CLOSED]
+
+
+def test_force_open_leaves_an_open_breaker_and_its_timer_alone() -> None:
+    breaker, events = make()
+    trip(breaker, 0.0)
+    assert breaker.force_open(20.0) is None
+    assert breaker.force_open(25.0) is None
+    assert breaker.cause == "5 failures in a row"
+    assert breaker.state(30.0) is HALF_OPEN  # due 30s after the trip, not after the force
+    assert events == [Transition(CLOSED, OPEN, 0.0), Transition(OPEN, HALF_OPEN, 30.0)]
+
+
+def test_force_open_reopens_a_half_open_breaker_with_a_fresh_timer() -> None:
+    breaker, events = make()
+    trip(breaker, 0.0)
+    probes = [permit(breaker, 30.0) for _ in range(2)]
+    assert breaker.force_open(35.0) == Transition(HALF_OPEN, OPEN, 35.0)
+    breaker.record_success(36.0, probes[0])  # stale: it cannot close the re-opened breaker
+    assert breaker.state(36.0) is OPEN
+    assert breaker.probes_in_flight == 1  # but it gave its slot back
+    assert breaker.allow(64.9) is None
+    assert breaker.state(65.0) is HALF_OPEN
+    breaker.record_failure(65.0, probes[1])  # stale: it cannot re-open it either
+    assert breaker.state(65.0) is HALF_OPEN
+    assert breaker.probes_in_flight == 0
+    assert [e.to_state for e in events] == [OPEN, HALF_OPEN, OPEN, HALF_OPEN]
+
+
+def test_a_force_open_noticed_late_first_reports_the_half_open_that_was_due() -> None:
+    breaker, events = make()
+    trip(breaker, 0.0)
+    assert breaker.force_open(50.0) == Transition(HALF_OPEN, OPEN, 50.0)
+    assert events[1:] == [Transition(OPEN, HALF_OPEN, 30.0), Transition(HALF_OPEN, OPEN, 50.0)]
+    assert breaker.state(79.9) is OPEN
+
+
+def test_force_close_closes_an_open_breaker_and_ignores_calls_from_before() -> None:
+    breaker, events = make()
+    slow = [permit(breaker, 0.0) for _ in range(5)]  # in flight across both moves
+    assert breaker.force_open(1.0) == Transition(CLOSED, OPEN, 1.0)
+    moved = breaker.force_close(2.0, "closed elsewhere")
+    assert moved == Transition(OPEN, CLOSED, 2.0)
+    assert events[-1] == moved
+    assert breaker.cause == "closed elsewhere"
+    for late in slow:  # five failures, admitted before: they neither count nor re-open it
+        assert breaker.record_failure(3.0, late) is None
+    assert breaker.state(3.0) is CLOSED
+    assert repr(breaker) == "<CircuitBreaker CLOSED failures=0/0 in 60s, 0 in a row>"
+    assert breaker.allow(3.0) is not None
+
+
+def test_force_close_ends_half_open_and_stale_probes_only_free_their_slots() -> None:
+    breaker, events = make()
+    trip(breaker, 0.0)
+    probe = permit(breaker, 30.0)
+    assert breaker.force_close(31.0) == Transition(HALF_OPEN, CLOSED, 31.0)
+    assert breaker.probes_in_flight == 1
+    assert breaker.record_failure(32.0, probe) is None
+    assert breaker.state(32.0) is CLOSED
+    assert breaker.probes_in_flight == 0
+    assert "failures=0/0" in repr(breaker)
+    assert [e.to_state for e in events] == [OPEN, HALF_OPEN, CLOSED]
+
+
+def test_force_close_leaves_a_closed_breaker_and_its_count_alone() -> None:
+    breaker, events = make()
+    for _ in range(4):
+        call(breaker, 0.0, ok=False)
+    assert breaker.force_close(1.0) is None
+    assert breaker.force_close(1.0) is None
+    assert events == []
+    call(breaker, 1.0, ok=False)  # the fifth in a row still trips it
+    assert breaker.state(1.0) is OPEN
+
+
+def test_forced_moves_keep_the_probe_count_true_under_random_traffic() -> None:
+    rng = random.Random(99)
+    breaker, events = make()
+    in_flight: list[Permit] = []
+    now = 0.0
+    for _ in range(5000):
+        now += rng.expovariate(1.0)
+        roll = rng.random()
+        if roll < 0.02:
+            breaker.force_open(now)
+        elif roll < 0.04:
+            breaker.force_close(now)
+        elif in_flight and roll < 0.5:
+            p = in_flight.pop(rng.randrange(len(in_flight)))
+            verdict = rng.choice([breaker.record_success, breaker.record_failure, breaker.release])
+            verdict(now, p)
+        elif (granted := breaker.allow(now)) is not None:
+            in_flight.append(granted)
+        assert breaker.probes_in_flight == sum(1 for p in in_flight if p.probe)
+        assert breaker.probes_in_flight <= DEFAULT.half_open_max_probes
+    for earlier, later in itertools.pairwise(events):
+        assert earlier.to_state is later.from_state
+        assert earlier.to_state is not later.to_state

@@ -3,39 +3,55 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 
+from aiproc.server.cluster.connection import open_redis
+from aiproc.server.cluster.store import RedisStore
 from aiproc.server.core.models import Task, TaskState
 from aiproc.server.store.base import TaskStore
 from aiproc.server.store.memory import MemoryStore
 from aiproc.server.store.sqlite import SqliteStore
+from tests.redis_support import REDIS_URL, delete_prefix, unique_prefix
 from tests.store.builders import result, task
 from tests.store.reopening import ReopeningStore
 
 RETENTION = 60.0
 
-StoreFactory = Callable[[Path, float], Awaitable[TaskStore]]
-"""Opens an empty store with this retention, keeping any files under the given folder."""
+StoreFactory = Callable[[Path, float, AsyncExitStack], Awaitable[TaskStore]]
+"""Opens an empty store with this retention, keeping any files under the given folder;
+whatever else it leaves behind, it gives the exit stack to clean up after the store closes."""
 
 
-async def _memory(folder: Path, retention: float) -> TaskStore:
+async def _memory(folder: Path, retention: float, cleanup: AsyncExitStack) -> TaskStore:
     return MemoryStore(retention)
+
+
+async def _redis(folder: Path, retention: float, cleanup: AsyncExitStack) -> TaskStore:
+    """A RedisStore under a prefix of its own, whose keys are deleted after the test."""
+    client = await open_redis(REDIS_URL)
+    cleanup.push_async_callback(client.aclose)
+    prefix = unique_prefix()
+    cleanup.push_async_callback(delete_prefix, prefix)
+    return RedisStore(client, prefix, retention)
 
 
 STORES: dict[str, StoreFactory] = {
     "memory": _memory,
-    "sqlite": lambda folder, retention: SqliteStore.open(folder / "aiproc.db", retention),
-    "sqlite-reopened": ReopeningStore.open,
+    "sqlite": lambda folder, retention, _: SqliteStore.open(folder / "aiproc.db", retention),
+    "sqlite-reopened": lambda folder, retention, _: ReopeningStore.open(folder, retention),
+    "redis": _redis,
 }
 
 
 @pytest.fixture(params=sorted(STORES))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TaskStore]:
-    opened = await STORES[request.param](tmp_path, RETENTION)
-    yield opened
-    await opened.close()
+    async with AsyncExitStack() as cleanup:
+        opened = await STORES[request.param](tmp_path, RETENTION, cleanup)
+        yield opened
+        await opened.close()
 
 
 def ids(tasks: Iterable[Task]) -> list[str]:
