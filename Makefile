@@ -32,6 +32,7 @@ run: $(STAMP)
 ## Runs the whole test suite: lint, types, the protobuf contract, and pytest.
 test: $(STAMP) node-deps
 	$(MAKE) --no-print-directory lint typecheck buf
+	scripts/ensure-redis
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -354,7 +354,9 @@ def _validate_server(cfg: ServerConfig) -> None:
     if cfg.store not in ("memory", "sqlite") and not cfg.store.startswith(REDIS_SCHEMES):
         raise ConfigError(
             "server.store",
-            f"unsupported store {cfg.store!r}; supported: sqlite, memory, redis://HOST:PORT/DB",
+            # Only the scheme: a URL may hold a password.
+            f"unsupported store {cfg.store.partition('://')[0]!r};"
+            " supported: sqlite, memory, redis://HOST:PORT/DB",
         )
     if not cfg.redis_prefix or any(c.isspace() for c in cfg.redis_prefix):
         raise ConfigError("server.redis_prefix", "must be non-empty, without spaces")

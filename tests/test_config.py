@@ -78,6 +78,9 @@ retry_delay = "1s"
         ("[processor]\nnum_wokers = 3", "processor.num_wokers"),
         ("[server]\nlisten = 'nowhere'", "server.listen"),
         ("[server]\nstore = 'mongodb://x'", "server.store"),
+        ("[server]\nredis_prefix = ''", "server.redis_prefix"),
+        ("[server]\nredis_prefix = 'two words'", "server.redis_prefix"),
+        ("[server]\nlease_ttl = '100ms'", "server.lease_ttl"),
         ("[failover]\nstrategy = 'fastest'", "failover.strategy"),
         ("[surprise]\nx = 1", "surprise"),
         ("[[providers]]\nname = 'a'\nkind = 'cohere'", "providers[0].kind"),
@@ -100,6 +103,17 @@ def test_invalid_config_names_the_field(tmp_path: Path, toml: str, field: str) -
         load_config(write(tmp_path, toml), env={})
     assert caught.value.field == field
     assert str(caught.value).startswith(f"invalid config: {field}:")
+
+
+def test_a_redis_url_is_a_store(tmp_path: Path) -> None:
+    text = (
+        "[server]\nstore = 'redis://:secret@10.0.0.5:6379/2'\n"
+        "redis_prefix = 'prod'\nlease_ttl = '30s'"
+    )
+    config = load_config(write(tmp_path, text), env={})
+    assert config.server.store == "redis://:secret@10.0.0.5:6379/2"
+    assert config.server.redis_prefix == "prod"
+    assert config.server.lease_ttl == 30.0
 
 
 def test_unknown_environment_override_is_refused() -> None:
