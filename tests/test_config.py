@@ -81,6 +81,7 @@ retry_delay = "1s"
         ("[server]\nredis_prefix = ''", "server.redis_prefix"),
         ("[server]\nredis_prefix = 'two words'", "server.redis_prefix"),
         ("[server]\nlease_ttl = '100ms'", "server.lease_ttl"),
+        ("[server]\nevent_loop = 'trio'", "server.event_loop"),
         ("[failover]\nstrategy = 'fastest'", "failover.strategy"),
         ("[surprise]\nx = 1", "surprise"),
         ("[[providers]]\nname = 'a'\nkind = 'cohere'", "providers[0].kind"),

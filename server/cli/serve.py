@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 from aiproc.server.cli.common import EXIT_FAILURE, EXIT_USAGE, CliError
@@ -40,7 +41,15 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         metavar="SECONDS",
         type=float,
         default=0.0,
-        help="delay before each answer (default 0)",
+        help="delay before each answer (default 0); the median with --latency-sigma",
+    )
+    fake.add_argument(
+        "--latency-sigma",
+        metavar="SIGMA",
+        type=float,
+        default=0.0,
+        help="draw each delay from a lognormal distribution around --latency with this "
+        "sigma (of its log; e.g. 0.5), seeded by --seed (default 0: a fixed delay)",
     )
     fake.add_argument(
         "--dialect", default="openai", help="which vendor's API to fake (default openai)"
@@ -58,7 +67,10 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         help="share of requests that get the fault, 0 to 1 (default 1 when --fault is given)",
     )
     fake.add_argument(
-        "--seed", type=int, default=0, help="seed for --failure-rate, to replay a run (default 0)"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for --failure-rate and --latency-sigma, to replay a run (default 0)",
     )
     fake.add_argument(
         "--record",
@@ -77,17 +89,29 @@ def server_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
 def run_serve(args: argparse.Namespace) -> int:
     from aiproc.server.app import serve
     from aiproc.server.config import ConfigError, load_config
+    from aiproc.server.core.errors import StoreError
 
     try:
         config = load_config(args.config, overrides=server_overrides(args))
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     try:
-        asyncio.run(serve(config))
-    except OSError as exc:
-        # E.g. the address is in use or not ours to bind: one line, not a traceback.
+        run_loop(config.server.event_loop, serve(config))
+    except (OSError, StoreError) as exc:
+        # E.g. the address is in use or not ours to bind, or the Redis store does not
+        # answer: one line, not a traceback.
         raise CliError(f"cannot serve: {exc}", EXIT_FAILURE) from None
     return 0
+
+
+def run_loop(event_loop: str, main: Coroutine[Any, Any, None]) -> None:
+    """Runs `main` on the configured event loop (server.event_loop)."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 def run_fake_provider(args: argparse.Namespace) -> int:
@@ -105,6 +129,7 @@ def run_fake_provider(args: argparse.Namespace) -> int:
             failure_rate=args.failure_rate,
             seed=args.seed,
             record=args.record,
+            latency_sigma=args.latency_sigma,
         )
         asyncio.run(serving)
     except ValueError as exc:

@@ -127,17 +127,27 @@ class RedisBus:
                 await pubsub.subscribe(self._feed, self._wake)
                 self._subscribed.set()
                 if not first:
-                    listener.resync()
-                    self._on_wake()
+                    self._resync(listener)
                 first = False
                 async for message in pubsub.listen():
                     await self._dispatch(listener, message)
-            except RedisError as exc:
+            except (RedisError, UnicodeDecodeError) as exc:
+                # A message that is not UTF-8 (published by something else) cannot be
+                # decoded, and the connection cannot read past it: replaced like a broken one.
                 log.warning("bus: lost Redis pub/sub (%s); resubscribing", exc)
                 await asyncio.sleep(RECONNECT_PAUSE)
             finally:
                 with contextlib.suppress(RedisError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _resync(self, listener: ReplicaListener) -> None:
+        """After resubscribing: messages may have been missed meanwhile."""
+        try:
+            listener.resync()
+        except Exception:
+            # Like a failing handler, it must not stop this replica hearing the rest.
+            log.exception("bus: the listener failed to resync")
+        self._on_wake()
 
     async def _dispatch(self, listener: ReplicaListener, message: dict[str, Any]) -> None:
         if message.get("type") != "message":

@@ -28,7 +28,14 @@ async def open_redis(url: str) -> redis_asyncio.Redis:
     """
     try:
         client = redis_asyncio.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT
+            url,
+            decode_responses=True,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            # With a socket_timeout redis-py wraps each send in asyncio.wait_for, which on
+            # Python 3.11 can swallow a cancel arriving as the send completes (CPython
+            # gh-86296): a stopping loop would then never stop. Keepalive finds dead peers.
+            socket_timeout=None,
+            socket_keepalive=True,
         )
     except ValueError as exc:
         raise StoreError(f"invalid Redis URL: {_without_secrets(str(exc), url)}") from None

@@ -207,8 +207,15 @@ class RedisWorkQueue:
             log.warning(
                 "task %s was running during %d crashes: dead-lettered", task.task_id, crashes
             )
-            if self._dead_letter is not None:
+            if self._dead_letter is None:
+                continue
+            try:
                 await self._dead_letter(task)
+            except Exception:
+                # Not for the reclaimer to die of (it would reclaim nothing more here):
+                # the task stays leased to this replica, so when that lease runs out a
+                # reclaimer dead-letters it again.
+                log.exception("queue: could not dead-letter task %s; will retry", task.task_id)
 
     async def _refresh_depths(self) -> None:
         self._depths.update(await self._store.waiting())

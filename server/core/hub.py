@@ -37,7 +37,10 @@ class Subscription:
         self.include_progress = False
         self.task_ids: set[str] = set()
         self._buffer: asyncio.Queue[StreamItem | None] = asyncio.Queue(maxsize=buffer)
-        self._sent: set[str] = set()
+        # Sent and unacknowledged results: task id -> the sent result's completed_at. A task
+        # requeued on another replica (which cannot clear this) finishes again with another
+        # completed_at, and that result is new, not a copy.
+        self._sent: dict[str, float] = {}
         self._buffered: dict[str, int] = {}  # result ids in the buffer -> copies
         self._ack_deferred: set[str] = set()
         self._resync = False
@@ -80,16 +83,16 @@ class Subscription:
             self._buffered[item.task_id] = self._buffered.get(item.task_id, 0) + 1
 
     def acknowledged(self, task_ids: Collection[str]) -> None:
-        """Forgets acknowledged ids so the sent-set stays as small as the unacked backlog.
+        """Forgets acknowledged ids so the sent record stays as small as the unacked backlog.
 
-        An id with a copy still in the buffer stays in the sent-set until that
+        An id with a copy still in the buffer stays in the sent record until that
         copy is popped, or the copy would be sent a second time.
         """
         for task_id in task_ids:
             if task_id in self._buffered:
                 self._ack_deferred.add(task_id)
             else:
-                self._sent.discard(task_id)
+                self._sent.pop(task_id, None)
 
     def close(self) -> None:
         """Ends iteration once the buffer is drained."""
@@ -102,13 +105,13 @@ class Subscription:
         self._resync = False
         ids = None if self.all_tasks else self.task_ids
         results = await self._hub.store.pending_results(self.client_id, ids)
-        return [r for r in results if r.task_id not in self._sent]
+        return [r for r in results if not self._was_sent(r)]
 
     async def __aiter__(self) -> AsyncIterator[StreamItem]:
         while True:
             if self._resync:
                 for result in await self._missed():
-                    self._sent.add(result.task_id)
+                    self._sent[result.task_id] = result.completed_at
                     yield result
             if self._closed and self._buffer.empty():
                 return
@@ -116,20 +119,24 @@ class Subscription:
             if item is None:
                 continue
             if isinstance(item, TaskResult):
-                if self._popped(item.task_id):
+                if self._popped(item):
                     continue
-                self._sent.add(item.task_id)
+                self._sent[item.task_id] = item.completed_at
             yield item
 
-    def _popped(self, task_id: str) -> bool:
+    def _was_sent(self, result: TaskResult) -> bool:
+        return self._sent.get(result.task_id) == result.completed_at
+
+    def _popped(self, result: TaskResult) -> bool:
         """Bookkeeping for a result taken from the buffer; True if it was already sent."""
+        task_id = result.task_id
         copies = self._buffered.pop(task_id, 1) - 1
         if copies:
             self._buffered[task_id] = copies
-        already_sent = task_id in self._sent
+        already_sent = self._was_sent(result)
         if not copies and task_id in self._ack_deferred:
             self._ack_deferred.discard(task_id)
-            self._sent.discard(task_id)
+            self._sent.pop(task_id, None)
         return already_sent
 
 

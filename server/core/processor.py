@@ -191,6 +191,7 @@ class Processor:
         if await self.queue.withdraw(task_id) and await self._finish(
             task, self._cancelled_result(task, queue_time=None)
         ):
+            self._stop_everywhere(task_id)
             return TaskState.CANCELLED
         if self.pool.cancel_task(task_id):
             if task_id in self._started:
@@ -204,10 +205,20 @@ class Processor:
         # Being handed to a worker (whose mark_running will see the terminal
         # state and skip it), or running on another replica (told to stop).
         if await self._finish(task, self._cancelled_result(task, queue_time=None)):
-            self.bus.cancel(task_id)
+            self._stop_everywhere(task_id)
             return TaskState.CANCELLED
         finished = await self.store.get(task_id)
         return finished.state if finished is not None else TaskState.CANCELLED
+
+    def _stop_everywhere(self, task_id: str) -> None:
+        """Stops a task whose cancel was just recorded, wherever it runs.
+
+        With a shared queue, a worker here or on another replica may have claimed and
+        started it while the cancel was being recorded (after the look at the queue):
+        its mark_running came first, so it would otherwise run a cancelled task to the end.
+        """
+        self.remote_cancel(task_id)  # a worker of this replica
+        self.bus.cancel(task_id)  # the others'
 
     async def ack(self, client_id: str, task_ids: Sequence[str]) -> None:
         await self.store.ack(client_id, task_ids)
@@ -221,7 +232,6 @@ class Processor:
         finally:
             self._started.discard(task_id)
             self._cancel_requested.discard(task_id)
-            self.queue.done(task_id)
 
     async def _interrupted(self, task: Task, trace_id: str = "") -> None:
         """Records why a started task stopped short: a CancelTask, or the server stopping."""

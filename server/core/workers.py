@@ -68,6 +68,9 @@ class WorkerPool:
             finally:
                 if job.done():
                     self._running.pop(task_id, None)
+                    # Here, not in the handler: a job cancelled before its first
+                    # step never runs the handler, and the queue must still know.
+                    self._queue.done(task_id)
 
     def stop_taking(self) -> None:
         """Stops idle workers; workers busy with a task stop after it."""
