@@ -121,16 +121,24 @@ class RedisBus:
 
     async def _receive(self, listener: ReplicaListener) -> None:
         first = True
+        channels = (self._feed, self._wake)
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._redis.pubsub()
             try:
-                await pubsub.subscribe(self._feed, self._wake)
-                self._subscribed.set()
-                if not first:
-                    self._resync(listener)
-                first = False
+                await pubsub.subscribe(*channels)
+                confirmed: set[str] = set()
                 async for message in pubsub.listen():
-                    await self._dispatch(listener, message)
+                    if message.get("type") != "subscribe":
+                        await self._dispatch(listener, message)
+                        continue
+                    # SUBSCRIBE only sends: the subscription is live once Redis confirms
+                    # each channel, and only then is nothing published missed.
+                    confirmed.add(message["channel"])
+                    if confirmed.issuperset(channels):
+                        self._subscribed.set()
+                        if not first:
+                            self._resync(listener)
+                        first = False
             except (RedisError, UnicodeDecodeError) as exc:
                 # A message that is not UTF-8 (published by something else) cannot be
                 # decoded, and the connection cannot read past it: replaced like a broken one.
