@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
+import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Self
@@ -79,11 +81,23 @@ class FakeProviderServer:
         *,
         record: bool = True,
         clock: Clock | None = None,
+        latency_sigma: float = 0.0,
+        seed: int = 0,
     ) -> None:
-        """`record=False` keeps only counts, for long runs; `clock` times the phases."""
+        """`record=False` keeps only counts, for long runs; `clock` times the phases.
+
+        `latency_sigma` > 0 draws each request's wait from a lognormal distribution
+        whose median is `latency` and whose log has that standard deviation, from a
+        generator seeded with `seed`, so a run can be replayed.
+        """
+        if latency_sigma < 0:
+            raise ValueError("latency_sigma must be >= 0")
         self.dialect = dialect
         self.latency = latency
-        """Seconds every request waits before its answer; may be changed while serving."""
+        """Seconds every request waits before its answer (the median when `latency_sigma`
+        is set); may be changed while serving."""
+        self.latency_sigma = latency_sigma
+        self._latency_draws = random.Random(seed)
         self.requests: list[FakeRequest] = []
         self.request_count = 0
         self._record = record
@@ -248,7 +262,7 @@ class FakeProviderServer:
             reply, fault = _NORMAL, self._schedule.draw()
             if self._schedule.generation != self._generation:
                 self._follow_schedule()
-        if not await self._wait(self.latency + reply.delay) or isinstance(fault, Hang):
+        if not await self._wait(self.draw_latency() + reply.delay) or isinstance(fault, Hang):
             self._outcomes["hang" if isinstance(fault, Hang) else "dropped"] += 1
             await self._stopping.wait()
             return wire.drop(request)
@@ -307,6 +321,12 @@ class FakeProviderServer:
         async with self._arrived:
             self._arrived.notify_all()
         return fake_request
+
+    def draw_latency(self) -> float:
+        """The wait before the next answer: `latency`, or a lognormal draw around it."""
+        if self.latency_sigma == 0 or self.latency <= 0:
+            return self.latency
+        return self._latency_draws.lognormvariate(math.log(self.latency), self.latency_sigma)
 
     async def _wait(self, seconds: float) -> bool:
         """Sleeps `seconds`; False if the server began stopping meanwhile."""

@@ -38,8 +38,12 @@ async def run_fake_provider(
     failure_rate: float | None = None,
     seed: int = 0,
     record: bool = False,
+    latency_sigma: float = 0.0,
 ) -> None:
     """Serves a fake provider until cancelled, announcing its URL on stdout.
+
+    `latency_sigma` > 0 spreads each answer's delay lognormally around `latency`, its
+    median (seeded with `seed`, like the failure draws).
 
     ValueError for an unknown dialect or chaos options that cannot work together.
     """
@@ -49,7 +53,13 @@ async def run_fake_provider(
 
     phase = chaos_phase(fault, failure_rate, seed)
     async with FakeProviderServer(
-        create_dialect(dialect), host, port, latency, record=record
+        create_dialect(dialect),
+        host,
+        port,
+        latency,
+        record=record,
+        latency_sigma=latency_sigma,
+        seed=seed,
     ) as fake:
         if phase is not None:
             fake.set_phase(phase)

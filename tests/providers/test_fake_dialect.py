@@ -155,6 +155,7 @@ async def test_run_fake_provider_serves_a_registered_dialect_with_chaos(
         (["--fault", "teapot"], "unknown fault"),
         (["--fault", "refuse"], "refuse"),
         (["--failure-rate", "1.5"], "failure_rate"),
+        (["--latency-sigma", "-0.5"], "latency_sigma"),
     ],
 )
 def test_bad_fake_provider_options_are_usage_errors(

@@ -3,13 +3,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import math
 import re
+import statistics
 import time
 
 import httpx
 import pytest
 
-from aiproc.server.fakes.openai_server import FakeOpenAIServer, FakeReply, run_fake_provider
+from aiproc.server.fakes.engine import FakeProviderServer
+from aiproc.server.fakes.openai_server import (
+    FakeOpenAIServer,
+    FakeReply,
+    OpenAIDialect,
+    run_fake_provider,
+)
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "x" * 300}]}
 
@@ -71,6 +79,47 @@ async def test_latency_can_change_while_serving(
 
     # asyncio may fire a timer up to its clock resolution early.
     assert time.monotonic() - started >= 0.15 - 0.005
+
+
+def spread_fake(latency: float, sigma: float, seed: int = 7) -> FakeProviderServer:
+    return FakeProviderServer(OpenAIDialect(), latency=latency, latency_sigma=sigma, seed=seed)
+
+
+def test_latency_sigma_draws_lognormally_around_the_latency_as_median() -> None:
+    fake = spread_fake(1.5, 0.5)
+    draws = [fake.draw_latency() for _ in range(4000)]
+
+    assert statistics.median(draws) == pytest.approx(1.5, rel=0.05)
+    assert statistics.stdev(math.log(d) for d in draws) == pytest.approx(0.5, rel=0.05)
+    assert min(draws) > 0
+
+
+def test_latency_draws_replay_with_the_same_seed_and_are_fixed_without_sigma() -> None:
+    first, again, other = spread_fake(1.0, 0.5), spread_fake(1.0, 0.5), spread_fake(1.0, 0.5, 8)
+
+    draws = [first.draw_latency() for _ in range(5)]
+
+    assert draws == [again.draw_latency() for _ in range(5)]
+    assert draws != [other.draw_latency() for _ in range(5)]
+    assert {spread_fake(0.25, 0.0).draw_latency() for _ in range(5)} == {0.25}
+
+
+def test_a_negative_latency_sigma_is_refused() -> None:
+    with pytest.raises(ValueError, match="latency_sigma"):
+        spread_fake(1.0, -0.1)
+
+
+async def test_each_request_waits_its_drawn_latency(client: httpx.AsyncClient) -> None:
+    # Seed 2 draws ~0.18 s first around a 0.02 s median: the wait tells the two apart.
+    expected = spread_fake(0.02, 1.0, seed=2).draw_latency()
+    assert expected > 0.1
+    async with spread_fake(0.02, 1.0, seed=2) as fake:
+        started = time.monotonic()
+        response = await client.post(f"{fake.base_url}/chat/completions", json=CHAT)
+        took = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert took >= expected - 0.005
 
 
 async def test_wait_for_requests_returns_when_enough_arrived(
