@@ -1,11 +1,11 @@
 """Replicas talking through Redis pub/sub: results, progress, cancels, provider signals.
 
-One channel (`P:feed`) carries small JSON messages, each stamped with its
-sender so a replica ignores its own; `P:wake` says a task became waiting. Pub/sub
-delivers at most once, so nothing here is the only copy of anything: a result
-lives in the store until acknowledged, and after a reconnect every stream
-re-reads its pending results (`ReplicaListener.resync`) and the dispatcher
-looks at the queue again.
+One channel (`P:feed`) carries small JSON messages, each after its sender's
+origin stamp and a space ("ORIGIN {...}"), so a replica skips its own without
+decoding it; `P:wake` says a task became waiting. Pub/sub delivers at most
+once, so nothing here is the only copy of anything: a result lives in the store
+until acknowledged, and after a reconnect every stream re-reads its pending
+results (`ReplicaListener.resync`) and the dispatcher looks at the queue again.
 """
 
 from __future__ import annotations
@@ -97,8 +97,7 @@ class RedisBus:
 
     def _post(self, message: dict[str, Any]) -> None:
         if self._loops:
-            message["o"] = self.origin
-            self._outbox.put_nowait(json.dumps(message))
+            self._outbox.put_nowait(f"{self.origin} {json.dumps(message)}")
 
     async def _send(self) -> None:
         while True:
@@ -163,12 +162,16 @@ class RedisBus:
         if message["channel"] == self._wake:
             self._on_wake()
             return
+        # "ORIGIN JSON": a replica skips its own news without decoding it.
+        origin, _, text = message["data"].partition(" ")
+        if origin == self.origin:
+            return
         try:
-            body = json.loads(message["data"])
+            body = json.loads(text)
         except ValueError as exc:
             log.warning("bus: ignored a malformed message (%s)", exc)
             return
-        if not isinstance(body, dict) or body.get("o") == self.origin:
+        if not isinstance(body, dict):
             return
         try:
             await self._apply(listener, body)

@@ -167,7 +167,8 @@ FINISH = (
     + """
 -- ARGV: prefix, task id, terminal state, finished_at, result JSON, the result's attempts,
 --       the finishing replica's origin stamp.
--- Returns {1 if finished (0 if unknown or already terminal), undelivered count}.
+-- Returns {1 if finished (0 if unknown or already terminal), undelivered count, and (when
+-- finished) the kept result's attempts}.
 -- The news goes to the other replicas in the same step, so a replica dying right after
 -- finishing a task cannot leave a subscriber elsewhere waiting for its result.
 local id = ARGV[2]
@@ -184,8 +185,8 @@ redis.call('ZREM', QUEUE, id)
 redis.call('ZREM', LEASES, id)
 redis.call('ZADD', FINISHED, ARGV[4], id)
 redis.call('ZADD', pending_key(f[3]), redis.call('INCR', DONE), id)
-redis.call('PUBLISH', FEED, cjson.encode({k = 'result', t = id, c = f[3], o = ARGV[7]}))
-return {1, redis.call('INCR', UNDELIVERED)}
+redis.call('PUBLISH', FEED, ARGV[7] .. ' ' .. cjson.encode({k = 'result', t = id, c = f[3]}))
+return {1, redis.call('INCR', UNDELIVERED), attempts}
 """
 )
 

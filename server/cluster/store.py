@@ -141,8 +141,8 @@ class RedisStore:
     async def record_attempt(self, task_id: str) -> None:
         await self._run(self._record_attempt, task_id)
 
-    async def finish(self, result: TaskResult, finished_at: float) -> bool:
-        finished, undelivered = await self._run(
+    async def finish(self, result: TaskResult, finished_at: float) -> TaskResult | None:
+        finished, undelivered, *attempts = await self._run(
             self._finish,
             result.task_id,
             result.state.value,
@@ -152,7 +152,8 @@ class RedisStore:
             self.origin,
         )
         self._undelivered = int(undelivered)
-        return bool(finished)
+        # Kept as MemoryStore keeps it: counting every call recorded against the task.
+        return replace(result, attempts=int(attempts[0])) if finished else None
 
     async def pending_results(
         self, client_id: str, task_ids: Collection[str] | None = None

@@ -299,7 +299,8 @@ class Processor:
             await self._finish(task, replace(result, trace_id=trace_id))
 
     async def _finish(self, task: Task, result: TaskResult) -> bool:
-        if not await self.store.finish(result, self.clock.wall()):
+        kept = await self.store.finish(result, self.clock.wall())
+        if kept is None:
             return False
         self.metrics.task_finished(
             outcome=result.state.value,
@@ -315,8 +316,7 @@ class Processor:
             self.counters.failed += 1
             if result.error is not None and result.error.code is ErrorCode.TIMEOUT:
                 self.counters.timed_out += 1
-        stored = (await self.store.get(task.task_id)) or task
-        self._publish(stored.result or result)
+        self._publish(kept)
         return True
 
     def _publish(self, item: TaskResult | ProgressEvent) -> None:

@@ -38,10 +38,11 @@ class TaskStore(Protocol):
         """Counts one provider call against the task."""
         ...
 
-    async def finish(self, result: TaskResult, finished_at: float) -> bool:
+    async def finish(self, result: TaskResult, finished_at: float) -> TaskResult | None:
         """Moves a live task to the result's terminal state and keeps the result.
 
-        Returns False (and changes nothing) if the task was already terminal.
+        Returns the result as kept (its attempts count every call recorded against the
+        task), or None (and changes nothing) if the task was unknown or already terminal.
         """
         ...
 

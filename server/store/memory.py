@@ -52,16 +52,16 @@ class MemoryStore:
         if task is not None:
             task.attempts += 1
 
-    async def finish(self, result: TaskResult, finished_at: float) -> bool:
+    async def finish(self, result: TaskResult, finished_at: float) -> TaskResult | None:
         task = self._tasks.get(result.task_id)
         if task is None or task.state.is_terminal:
-            return False
+            return None
         task.state = result.state
         task.finished_at = finished_at
         task.result = replace(result, attempts=max(result.attempts, task.attempts))
         self._finished[task.task_id] = finished_at
         self._pending.setdefault(task.client_id, OrderedDict())[task.task_id] = task.result
-        return True
+        return task.result
 
     async def pending_results(
         self, client_id: str, task_ids: Collection[str] | None = None

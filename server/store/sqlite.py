@@ -117,13 +117,12 @@ class SqliteStore:
         if task is not None:
             self._unsaved_attempts[task_id] = task
 
-    async def finish(self, result: TaskResult, finished_at: float) -> bool:
-        if not await self._memory.finish(result, finished_at):
-            return False
+    async def finish(self, result: TaskResult, finished_at: float) -> TaskResult | None:
+        kept = await self._memory.finish(result, finished_at)
+        if kept is None:
+            return None
         task = await self._memory.get(result.task_id)
-        # finish just kept both
-        assert task is not None
-        assert task.result is not None
+        assert task is not None  # finish just kept it
         self._unsaved_attempts.pop(task.task_id, None)
         await self._write(
             (
@@ -132,10 +131,10 @@ class SqliteStore:
             ),
             (
                 "INSERT INTO results (task_id, client_id, result) VALUES (?, ?, ?)",
-                (task.task_id, task.client_id, dumps(result_to_json(task.result))),
+                (task.task_id, task.client_id, dumps(result_to_json(kept))),
             ),
         )
-        return True
+        return kept
 
     async def pending_results(
         self, client_id: str, task_ids: Collection[str] | None = None

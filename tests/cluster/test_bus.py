@@ -252,7 +252,8 @@ async def test_malformed_messages_are_ignored_and_the_bus_goes_on(
         "{" + progress + ', "kind": "started", "message": "", "backoff": null}',
     ]
     for message in junk:
-        await admin.publish(a.store.keys.feed, message)
+        await admin.publish(a.store.keys.feed, message)  # no origin
+        await admin.publish(a.store.keys.feed, f"elsewhere {message}")
 
     a.bus.cancel("after")
 

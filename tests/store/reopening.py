@@ -53,7 +53,7 @@ class ReopeningStore:
         await self._inner.record_attempt(task_id)
         await self._reopen()
 
-    async def finish(self, result: TaskResult, finished_at: float) -> bool:
+    async def finish(self, result: TaskResult, finished_at: float) -> TaskResult | None:
         finished = await self._inner.finish(result, finished_at)
         await self._reopen()
         return finished

@@ -134,7 +134,8 @@ async def test_finish_only_once(store: TaskStore) -> None:
     first = await store.finish(result(queued, TaskState.SUCCEEDED), finished_at=1002.0)
     second = await store.finish(result(queued, TaskState.FAILED), finished_at=1003.0)
 
-    assert (first, second) == (True, False)
+    assert first == result(queued, TaskState.SUCCEEDED)
+    assert second is None
     found = await store.get("t1")
     assert found is not None
     assert found.state is TaskState.SUCCEEDED
