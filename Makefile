@@ -61,8 +61,9 @@ protos: $(STAMP)
 clean:
 	rm -rf $(VENV) node_modules examples/node/node_modules build .mypy_cache .ruff_cache .pytest_cache
 
-## Benchmarks, as ratios measured in one run: tracing on vs off, SQLite vs memory store
-## (bench/results/*.json).
+## The benchmark suite (bench/suite.py; BENCH_ARGS=--quick for the short run): every
+## comparison measured in the same run; one table, and bench/results/suite.json.
 bench: $(STAMP)
-	$(BIN)/python bench/tracing_overhead.py
-	$(BIN)/python bench/store_throughput.py
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	scripts/ensure-redis
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)

@@ -44,6 +44,9 @@ class Subscription:
         self._buffered: dict[str, int] = {}  # result ids in the buffer -> copies
         self._ack_deferred: set[str] = set()
         self._resync = False
+        """Everything covered must be re-read from the store (a result was dropped)."""
+        self._newly_added: set[str] = set()
+        """Ids added since the reader last looked: only their results need reading."""
         self._closed = False
 
     def wants(self, task_id: str, client_id: str) -> bool:
@@ -54,18 +57,27 @@ class Subscription:
     ) -> None:
         """Widens the subscription; the already finished, unacknowledged results it now
         covers are read from the store on the reader's next step."""
+        widened = all_tasks and not self.all_tasks
+        self._newly_added.update(t for t in task_ids if t not in self.task_ids)
         self.task_ids.update(task_ids)
         self.all_tasks = self.all_tasks or all_tasks
         self.include_progress = self.include_progress or include_progress
         # Registered first, read second: a result finishing in between arrives
-        # twice and the `_sent` check drops the copy.
-        self.resynchronise()
+        # twice and the `_sent` check drops the copy. Only what is new is read, so
+        # subscribing to ids one at a time stays linear, not quadratic.
+        if widened:
+            self.resynchronise()
+        elif self._newly_added:
+            self._wake_reader()
 
     def resynchronise(self) -> None:
         """Re-reads the pending results from the store on the reader's next step."""
         self._resync = True
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
         if not self._buffer.full():
-            self._buffer.put_nowait(None)  # wakes the reader
+            self._buffer.put_nowait(None)
 
     def offer(self, item: StreamItem) -> None:
         """Called by the hub; never blocks."""
@@ -102,14 +114,16 @@ class Subscription:
             self._buffer.put_nowait(None)
 
     async def _missed(self) -> list[TaskResult]:
+        everything = None if self.all_tasks else self.task_ids
+        ids = everything if self._resync else self._newly_added
         self._resync = False
-        ids = None if self.all_tasks else self.task_ids
+        self._newly_added = set()
         results = await self._hub.store.pending_results(self.client_id, ids)
         return [r for r in results if not self._was_sent(r)]
 
     async def __aiter__(self) -> AsyncIterator[StreamItem]:
         while True:
-            if self._resync:
+            if self._resync or self._newly_added:
                 for result in await self._missed():
                     self._sent[result.task_id] = result.completed_at
                     yield result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Sequence
 
 from aiproc.server.core.hub import ResultsHub, StreamItem, Subscription
 from aiproc.server.core.models import Task, TaskResult, TaskSpec, TaskState
@@ -98,3 +98,34 @@ async def test_close_ends_iteration_after_the_buffer_drains() -> None:
     hub.close()
     items = [item async for item in subscription]
     assert [i.task_id for i in items] == [f"{1:032x}"]
+
+
+class CountingStore(MemoryStore):
+    """Counts the ids each resynchronisation asks the store for."""
+
+    def __init__(self) -> None:
+        super().__init__(retention=60)
+        self.ids_read = 0
+
+    async def pending_results(
+        self, client_id: str, task_ids: Collection[str] | None = None
+    ) -> Sequence[TaskResult]:
+        self.ids_read += (
+            len(self._pending.get(client_id, {})) if task_ids is None else len(task_ids)
+        )
+        return await super().pending_results(client_id, task_ids)
+
+
+async def test_subscribing_to_ids_one_at_a_time_reads_each_once() -> None:
+    store = CountingStore()
+    hub = ResultsHub(store)
+    subscription = hub.open("c")
+    results = [await finish(store, hub, n) for n in range(200)]  # finished before subscribing
+    iterator: AsyncIterator[StreamItem] = aiter(subscription)
+    delivered = []
+    async with asyncio.timeout(5):
+        for result in results:  # as submit-batch does: one Subscribe per task
+            await subscription.add([result.task_id], all_tasks=False, include_progress=False)
+            delivered.append((await anext(iterator)).task_id)
+    assert delivered == [r.task_id for r in results]
+    assert store.ids_read == len(results)  # not 1 + 2 + ... + 200
