@@ -10,28 +10,22 @@ between a script's rounds is only the config it passes to `run_round`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import platform
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiproc.client import AsyncClient, TaskResult
+from _load import AiprocLoad
+
 from aiproc.server.app import AiprocServer
 from aiproc.server.config import Config, ProviderConfig, load_config, validate
 from aiproc.server.fakes.openai_server import FakeOpenAIServer
 from aiproc.server.telemetry.setup import Telemetry
-
-CONTENT = (
-    "Widgets are small devices that make everyday work easier. They come in many sizes. "
-    "Engineers design widgets for reliability, and users appreciate their simplicity."
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,48 +86,9 @@ async def drive(address: str, tasks: int, concurrency: int) -> tuple[float, int]
 
     Returns the seconds from the first QueueTask to the last result, and the failures.
     """
-    loop = asyncio.get_running_loop()
-    waiting: dict[str, asyncio.Future[TaskResult]] = {}
-    failed = 0
-
-    def result_of(task_id: str) -> asyncio.Future[TaskResult]:
-        # A result may come before QueueTask's answer: whoever is first makes the future.
-        return waiting.setdefault(task_id, loop.create_future())
-
-    async with (
-        AsyncClient(address, client_id=f"bench-{uuid.uuid4().hex[:8]}", timeout=60.0) as client,
-        client.stream(all_tasks=True) as stream,
-    ):
-
-        async def receive() -> None:
-            async for item in stream:
-                if isinstance(item, TaskResult):
-                    future = result_of(item.task_id)
-                    if not future.done():
-                        future.set_result(item)
-
-        async def worker(count: int) -> None:
-            nonlocal failed
-            for _ in range(count):
-                queued = await client.queue("https://example.com/bench", CONTENT)
-                result = await result_of(queued.task_id)
-                del waiting[queued.task_id]
-                await stream.ack([queued.task_id])
-                failed += not result.success
-
-        receiving = asyncio.create_task(receive())
-        share, extra = divmod(tasks, concurrency)
-        started = time.perf_counter()
-        try:
-            async with asyncio.TaskGroup() as group:
-                for index in range(concurrency):
-                    group.create_task(worker(share + (index < extra)))
-            elapsed = time.perf_counter() - started
-        finally:
-            receiving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await receiving
-    return elapsed, failed
+    async with AiprocLoad.connect(address) as load:
+        done = await load.closed(tasks, concurrency)
+    return done.seconds, done.failed
 
 
 async def run_round(

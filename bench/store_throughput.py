@@ -276,7 +276,8 @@ def report(
     cpu = {store: median(rounds, store, "cpu_ms_per_task") for store in stores}
     others = stores[1:]
     ratios = {store: speed[store] / speed["memory"] for store in others}
-    met = {store: ratios[store] >= GOAL for store in others}
+    # The goal is the embedded store's; Redis's ratio is the cost per replica of sharing.
+    met = {"sqlite": ratios["sqlite"] >= GOAL}
     print(
         f"\nstore throughput: {tasks} tasks a round, {concurrency} in flight, "
         f"fake provider at 0 ms, telemetry off, {warmup}-task warm-up of each store not counted"
@@ -284,9 +285,11 @@ def report(
     print_rounds(rounds)
     print("median  " + ", ".join(f"{store} {speed[store]:.1f} tasks/s" for store in stores))
     for store in others:
+        verdict = (
+            f"goal >= {GOAL}: {'met' if met[store] else 'NOT met'}" if store in met else "no goal"
+        )
         print(
-            f"{store}/memory = {ratios[store]:.3f} (goal >= {GOAL}: "
-            f"{'met' if met[store] else 'NOT met'}); "
+            f"{store}/memory = {ratios[store]:.3f} ({verdict}); "
             f"cpu {cpu['memory']:.3f} -> {cpu[store]:.3f} ms/task in this process"
         )
     pairs = {store: cycle_ratios(rounds, stores, store) for store in others}
