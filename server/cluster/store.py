@@ -308,11 +308,6 @@ class RedisStore:
         score: float | None = await self.client.zscore(self.keys.queue, task_id)
         return score is not None
 
-    async def server_time(self) -> float:
-        """Redis's clock (seconds since the epoch): the one leases are measured by."""
-        seconds, micros = await self.client.time()
-        return int(seconds) + int(micros) / 1_000_000
-
     async def refresh(self) -> None:
         """Re-reads the undelivered count, which other replicas change too."""
         value = cast(str | None, await self.client.get(self.keys.undelivered))

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 IDLE_POLL = 1.0
 """Seconds an idle dispatcher waits for a wake message before looking anyway."""
 DEPTH_REFRESH = 1.0
-"""Seconds between refreshes of the waiting counts that Stats and metrics show."""
+"""Seconds between refreshes of the counts Stats and metrics show (waiting, undelivered)."""
 ERROR_PAUSE = 1.0
 """Seconds a background loop waits after Redis failed it, before trying again."""
 
@@ -83,12 +83,12 @@ class RedisWorkQueue:
         # Nothing to rebuild: the queue lives in Redis. Tasks a dead process
         # was running come back when their leases run out (the reclaimer).
         self._dead_letter = dead_letter
-        await self._refresh_depths()
+        await self._refresh_counts()
         loops: list[tuple[str, Coroutine[Any, Any, None]]] = [
             ("dispatch", self._dispatch()),
             ("renew", self._every(self._lease_ttl / 3, self._renew)),
             ("reclaim", self._every(min(self._lease_ttl / 3, 1.0), self._reclaim)),
-            ("depths", self._every(DEPTH_REFRESH, self._refresh_depths)),
+            ("depths", self._every(DEPTH_REFRESH, self._refresh_counts)),
         ]
         self._loops = [asyncio.create_task(c, name=f"aiproc-queue-{n}") for n, c in loops]
 
@@ -217,8 +217,10 @@ class RedisWorkQueue:
                 # reclaimer dead-letters it again.
                 log.exception("queue: could not dead-letter task %s; will retry", task.task_id)
 
-    async def _refresh_depths(self) -> None:
+    async def _refresh_counts(self) -> None:
+        """What Stats and metrics show of the shared state, which other replicas change."""
         self._depths.update(await self._store.waiting())
+        await self._store.refresh()
 
     async def _every(self, seconds: float, step: Callable[[], Awaitable[None]]) -> None:
         """Runs `step` every `seconds`; a Redis failure is logged and the loop goes on."""
