@@ -485,6 +485,20 @@ async def test_depths_and_len_follow_the_shared_queue(
     )
 
 
+async def test_the_undelivered_count_follows_other_replicas(
+    open_replica: OpenReplica, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(work_queue, "DEPTH_REFRESH", 0.01)
+    a, b = await open_replica(), await open_replica()
+    await b.queue.admit(task("t1"))
+    assert await outcome(b.worker()) == "t1"
+    assert await b.store.finish(result(await stored(b, "t1")), time.time())
+
+    await eventually(lambda: a.store.undelivered_count() == 1, "A counts B's result")
+    assert await b.store.ack("alice", ["t1"]) == 1
+    await eventually(lambda: a.store.undelivered_count() == 0, "A sees B's ack")
+
+
 async def test_withdraw_is_true_only_for_a_waiting_task(open_replica: OpenReplica) -> None:
     a, b = await open_replica(), await open_replica()
     await b.queue.admit(task("waiting"))
