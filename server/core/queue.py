@@ -39,9 +39,6 @@ class TaskQueue:
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._live
 
-    def depth(self, priority: Priority) -> int:
-        return self._depths[priority]
-
     def depths(self) -> dict[str, int]:
         """Waiting ids per priority name; safe to call from another thread."""
         return {priority.name.lower(): n for priority, n in self._depths.items()}

@@ -52,10 +52,10 @@ def test_removed_entries_are_skipped_and_depth_is_per_priority() -> None:
     queue.put("a", Priority.HIGH, 1)
     queue.put("b", Priority.LOW, 2)
     queue.put("c", Priority.HIGH, 3)
-    assert queue.depth(Priority.HIGH) == 2
+    assert queue.depths()["high"] == 2
     assert queue.remove("a")
     assert not queue.remove("a")
-    assert queue.depth(Priority.HIGH) == 1
+    assert queue.depths()["high"] == 1
     assert queue.get_nowait() == "c"
     assert queue.get_nowait() == "b"
     assert queue.get_nowait() is None
