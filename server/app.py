@@ -83,10 +83,10 @@ class AiprocServer:
             owned.push_async_callback(asyncio.to_thread, telemetry.shutdown)
             if providers is None:
                 http_client = create_http_client(
-                    max_connections=config.processor.max_concurrent_requests
+                    max_connections=config.processor.max_concurrent_requests,
+                    tracer=telemetry.tracer if telemetry.tracing else None,
                 )
                 owned.push_async_callback(http_client.aclose)
-                telemetry.instrument_httpx(http_client)
                 provider_set = build_providers(
                     config.providers, config.processor, env=env, http_client=http_client
                 )

@@ -7,8 +7,13 @@ read ConnectTimeout as "the request took too long".
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 from httpx_aiohttp import HttpxAiohttpClient
+from opentelemetry.trace import Tracer
+
+from aiproc.server.telemetry.http_spans import TracedTransport
 
 # Idle connections are dropped a little before the 5 s keep-alive of common
 # servers (uvicorn, behind vLLM and LiteLLM), so a request is never written to
@@ -16,11 +21,29 @@ from httpx_aiohttp import HttpxAiohttpClient
 _KEEPALIVE_EXPIRY = 4.0
 
 
-def create_http_client(*, max_connections: int, timeout: float | None = None) -> httpx.AsyncClient:
+class _TracedClient(HttpxAiohttpClient):
+    """HttpxAiohttpClient whose transports, direct and proxied, trace each request."""
+
+    def __init__(self, tracer: Tracer, **kwargs: Any) -> None:
+        self._tracer = tracer  # read by the _init_* hooks, which the base __init__ calls
+        super().__init__(**kwargs)
+
+    def _init_transport(self, *args: Any, **kwargs: Any) -> httpx.AsyncBaseTransport:
+        return TracedTransport(super()._init_transport(*args, **kwargs), self._tracer)
+
+    def _init_proxy_transport(self, *args: Any, **kwargs: Any) -> httpx.AsyncBaseTransport:
+        return TracedTransport(super()._init_proxy_transport(*args, **kwargs), self._tracer)
+
+
+def create_http_client(
+    *, max_connections: int, timeout: float | None = None, tracer: Tracer | None = None
+) -> httpx.AsyncClient:
     """An httpx client on the aiohttp transport, pooling up to `max_connections` connections.
 
     `timeout` is the default for every phase of a call, in seconds; None means
-    none, for callers that bound each call themselves.
+    none, for callers that bound each call themselves. With a `tracer`, each
+    request gets a client span beneath the current one, and its context is sent
+    in the `traceparent` header.
     """
     # httpx's own pool collapses at LLM-typical concurrency; the aiohttp
     # transport sustains about 8x the throughput at 64 calls in flight.
@@ -31,4 +54,7 @@ def create_http_client(*, max_connections: int, timeout: float | None = None) ->
         max_keepalive_connections=max_connections,
         keepalive_expiry=_KEEPALIVE_EXPIRY,
     )
-    return HttpxAiohttpClient(limits=limits, timeout=httpx.Timeout(timeout))
+    settings: dict[str, Any] = {"limits": limits, "timeout": httpx.Timeout(timeout)}
+    if tracer is None:
+        return HttpxAiohttpClient(**settings)
+    return _TracedClient(tracer, **settings)

@@ -20,7 +20,7 @@ import logging
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import prometheus_client
 from opentelemetry import metrics, trace
@@ -45,22 +45,12 @@ from opentelemetry.util.re import parse_env_headers
 
 from aiproc.server.config import TelemetryConfig
 
-if TYPE_CHECKING:
-    import httpx
-    from opentelemetry.instrumentation.httpx import RequestInfo
-
 __all__ = ["Telemetry"]
 
 log = logging.getLogger(__name__)
 
 _SCOPE = "aiproc"
 _PROTOCOLS = ("grpc", "http/protobuf")
-# Request headers that carry provider keys or collector credentials; redacted
-# from spans even when OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_* asks for them.
-_CREDENTIAL_HEADERS = frozenset(
-    {"authorization", "proxy_authorization", "api_key", "x_api_key", "x_goog_api_key", "cookie"}
-)
-_HEADER_ATTRIBUTE_PREFIX = "http.request.header."
 
 _Signal = Literal["traces", "metrics"]
 
@@ -181,24 +171,6 @@ class Telemetry:
         """The port the Prometheus endpoint listens on (useful with port 0); None without one."""
         return self._prometheus.port if self._prometheus else None
 
-    def instrument_httpx(self, client: httpx.AsyncClient) -> None:
-        """Gives each request of `client` a client span (a child of the current one) when tracing.
-
-        Credential headers are redacted from the span even when the
-        OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST variable asks for them.
-        """
-        if self._tracer_provider is None:
-            return
-        # Imported here: the instrumentation is heavy and useless with tracing off.
-        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-
-        HTTPXClientInstrumentor.instrument_client(
-            client,
-            tracer_provider=self._tracer_provider,
-            meter_provider=self._meter_provider,
-            request_hook=_redact_credential_headers,
-        )
-
     def shutdown(self) -> None:
         """Exports what is buffered, then stops exporters and the Prometheus endpoint; idempotent.
 
@@ -221,16 +193,6 @@ class Telemetry:
         state = " stopped" if self._stopped else ""
         tracing = "on" if self.tracing else "off"
         return f"<Telemetry tracing={tracing} metrics={metrics_state}{port}{state}>"
-
-
-async def _redact_credential_headers(span: trace.Span, request: RequestInfo) -> None:
-    # The instrumentation sets captured header attributes before calling this
-    # hook, so overwriting them here keeps the values out of every export.
-    attributes = getattr(span, "attributes", None) or {}
-    for key in list(attributes):
-        name = key.removeprefix(_HEADER_ATTRIBUTE_PREFIX)
-        if name != key and name in _CREDENTIAL_HEADERS:
-            span.set_attribute(key, ["[REDACTED]"])
 
 
 def _tracer_provider(

@@ -5,26 +5,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client.parser import text_string_to_metric_families
 
 from aiproc.server.config import TelemetryConfig
-from aiproc.server.providers.http import create_http_client
 from aiproc.server.telemetry.metrics import Metrics
 from aiproc.server.telemetry.setup import Telemetry, _otlp_target
 from tests.telemetry.otlp_receiver import OtlpHttpReceiver, OtlpReceiver
 
 Start = Callable[..., Telemetry]
-SECRET = "sk-test-SETUP-SECRET-0123456789"
 
 
 @pytest.fixture
@@ -360,91 +357,3 @@ def test_a_prometheus_port_in_use_fails_the_start(start: Start) -> None:
 
         with pytest.raises(OSError):  # noqa: PT011 - the errno varies by platform
             start(TelemetryConfig(prometheus_listen=f"127.0.0.1:{port}"))
-
-
-# The providers' HTTP client
-
-
-@pytest.fixture
-async def http_server() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
-    """A local HTTP server answering 200 and keeping the headers of each request."""
-    seen: list[dict[str, str]] = []
-
-    async def answer(request: web.Request) -> web.Response:
-        seen.append({k.lower(): v for k, v in request.headers.items()})
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_get("/ping", answer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    yield f"http://{host}:{port}/ping", seen
-    await runner.cleanup()
-
-
-async def test_requests_of_the_provider_client_get_a_client_span_in_the_current_trace(
-    start: Start, http_server: tuple[str, list[dict[str, str]]]
-) -> None:
-    url, seen = http_server
-    exporter = InMemorySpanExporter()
-    telemetry = start(span_exporter=exporter)
-    async with create_http_client(max_connections=2) as client:
-        telemetry.instrument_httpx(client)
-        with telemetry.tracer.start_as_current_span("call") as parent:
-            response = await client.get(url)
-    assert response.status_code == 200
-
-    spans = exporter.get_finished_spans()
-    (client_span,) = (span for span in spans if span.kind is SpanKind.CLIENT)
-    assert client_span.parent is not None
-    assert client_span.parent.span_id == parent.get_span_context().span_id
-    attributes = dict(client_span.attributes or {})
-    # The instrumentation names the URL by the old or the new HTTP conventions, per opt-in.
-    assert attributes.get("url.full", attributes.get("http.url")) == url
-    trace_id = format(parent.get_span_context().trace_id, "032x")
-    assert trace_id in seen[0]["traceparent"]
-
-
-async def test_credential_headers_never_reach_a_span_even_when_captured(
-    start: Start,
-    http_server: tuple[str, list[dict[str, str]]],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    url, _ = http_server
-    captured = "authorization,x-api-key,api-key,x-goog-api-key,x-request-label"
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", captured)
-    exporter = InMemorySpanExporter()
-    telemetry = start(span_exporter=exporter)
-    headers = {
-        "Authorization": f"Bearer {SECRET}",
-        "x-api-key": SECRET,
-        "api-key": SECRET,
-        "x-goog-api-key": SECRET,
-        "x-request-label": "visible",
-    }
-    async with create_http_client(max_connections=2) as client:
-        telemetry.instrument_httpx(client)
-        await client.get(url, headers=headers)
-
-    (span,) = exporter.get_finished_spans()
-    attributes = dict(span.attributes or {})
-    assert attributes["http.request.header.x_request_label"] == ("visible",)
-    assert attributes["http.request.header.authorization"] == ("[REDACTED]",)
-    assert SECRET not in span.to_json()
-
-
-async def test_with_tracing_off_the_client_is_left_alone(
-    start: Start, http_server: tuple[str, list[dict[str, str]]]
-) -> None:
-    url, seen = http_server
-    telemetry = start()
-    async with create_http_client(max_connections=2) as client:
-        telemetry.instrument_httpx(client)
-        # A caller's trace is current: an instrumented client would pass it on.
-        with trace.use_span(caller_span(sampled=True)):
-            await client.get(url)
-
-    assert "traceparent" not in seen[0]
