@@ -11,6 +11,9 @@ only it knows where its API puts the details.
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib.metadata
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +23,7 @@ import httpx
 from aiproc.server.core.errors import BadResponse, ProviderError, ProviderTimeout, TransientError
 from aiproc.server.providers._http_errors import Redactor, json_object
 
+_USER_AGENT = f"aiproc/{importlib.metadata.version('aiproc')}"
 # A completion is kilobytes; a body this large is a broken server or proxy.
 _MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -98,15 +102,23 @@ class Exchange:
         payload: dict[str, Any] | None,
         seconds: float,
     ) -> Reply:
-        # No pool timeout: waiting for our own pool is bounded by the deadline
-        # above and must not pass for the provider being slow or down.
-        async with self._client.stream(
+        # A Request built here and handed to send() skips the client's merging of
+        # base URL, default headers and cookies, about a tenth of a call's CPU at
+        # high rates; a provider needs none of them.
+        request = httpx.Request(
             method,
-            url,
-            json=payload,
+            _parsed_url(url),
             headers=headers,
-            timeout=httpx.Timeout(seconds, pool=None),
-        ) as response:
+            content=None if payload is None else _json_bytes(payload),
+            # No pool timeout: waiting for our own pool is bounded by the deadline
+            # above and must not pass for the provider being slow or down.
+            extensions={"timeout": httpx.Timeout(seconds, pool=None).as_dict()},
+        )
+        request.headers["user-agent"] = _USER_AGENT
+        if payload is not None:
+            request.headers["content-type"] = "application/json"
+        response = await self._client.send(request, stream=True)
+        try:
             chunks: list[bytes] = []
             size = 0
             async for chunk in response.aiter_bytes():
@@ -118,6 +130,8 @@ class Exchange:
                         provider=self._provider,
                     )
                 chunks.append(chunk)
+        finally:
+            await response.aclose()
         return Reply(response.status_code, response.headers, b"".join(chunks))
 
     def _network_error(self, exc: httpx.TransportError) -> ProviderError:
@@ -131,3 +145,14 @@ class Exchange:
 
     def __repr__(self) -> str:
         return f"<Exchange provider={self._provider!r}>"
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_url(url: str) -> httpx.URL:
+    """`url` parsed once: a provider calls the same few endpoints over and over."""
+    return httpx.URL(url)
+
+
+def _json_bytes(payload: dict[str, Any]) -> bytes:
+    """The body httpx's `json=` would send: compact UTF-8, no NaN."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()

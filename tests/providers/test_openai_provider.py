@@ -41,6 +41,8 @@ async def test_success_parses_content_model_usage_and_sends_the_key(
 
     assert (sent.method, sent.path) == ("POST", "/v1/chat/completions")
     assert sent.headers["authorization"] == f"Bearer {KEY}"
+    assert sent.headers["content-type"] == "application/json"
+    assert sent.headers["user-agent"].startswith("aiproc/")
     assert sent.body == {
         "model": "gpt-test",
         "messages": [{"role": m.role, "content": m.content} for m in MESSAGES],
