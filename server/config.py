@@ -24,6 +24,8 @@ EVENT_LOOPS = ("uvloop", "asyncio")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# The identities aiproc-client-id admits (server/api/servicer.py).
+_TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 PROVIDER_KINDS = ("openai", "anthropic", "azure_openai", "ollama", "gemini", "offline")
 # Where each vendor's API lives when base_url is not given; openai-compatible
@@ -255,10 +257,44 @@ class TelemetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantQuota:
+    """One tenant's own limits, from a [[quotas.tenants]] entry."""
+
+    tenant: str
+    """The caller identity it applies to."""
+    max_queued: int = 0
+    """Tasks this tenant may have waiting; 0 means quotas.max_queued_per_tenant."""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotasConfig:
+    """Per-tenant limits. A tenant is a caller identity: the aiproc-client-id a caller sends.
+
+    Whatever the quotas, tenants take turns within a priority level (fair
+    queuing), so one tenant's backlog delays another's task by at most one
+    task of its own."""
+
+    max_queued_per_tenant: int = 0
+    """Tasks any one tenant may have waiting; beyond, its QueueTask answers
+    RESOURCE_EXHAUSTED while other tenants are still admitted. 0 means only
+    processor.queue_size bounds it. Default 0."""
+    tenants: tuple[TenantQuota, ...] = ()
+    """Tenants with limits of their own ([[quotas.tenants]] tenant = "...", max_queued = N)."""
+
+    def max_queued(self, tenant: str) -> int:
+        """The most tasks `tenant` may have waiting; 0 for no limit of its own."""
+        for quota in self.tenants:
+            if quota.tenant == tenant and quota.max_queued:
+                return quota.max_queued
+        return self.max_queued_per_tenant
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = ServerConfig()
     processor: ProcessorConfig = ProcessorConfig()
     providers: tuple[ProviderConfig, ...] = ()
+    quotas: QuotasConfig = QuotasConfig()
     failover: FailoverConfig = FailoverConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     health: HealthConfig = HealthConfig()
@@ -500,10 +536,15 @@ def _validate_health(cfg: HealthConfig) -> None:
         raise ConfigError("health.success_threshold", "must be at least 1")
 
 
-def _env_overrides(env: Mapping[str, str], section: str, cls: type[Any]) -> dict[str, str]:
+def _env_overrides(
+    env: Mapping[str, str],
+    section: str,
+    cls: type[Any],
+    exclude: frozenset[str] | set[str] = frozenset(),
+) -> dict[str, str]:
     """AIPROC_<SECTION>_<FIELD> variables, e.g. AIPROC_PROCESSOR_NUM_WORKERS=8."""
     prefix = f"AIPROC_{section.upper()}_"
-    names = {f.name for f in fields(cls)}
+    names = {f.name for f in fields(cls)} - exclude
     found: dict[str, str] = {}
     for key, value in env.items():
         if key.startswith(prefix):
@@ -538,6 +579,7 @@ def load_config(
         "server",
         "processor",
         "providers",
+        "quotas",
         "failover",
         "circuit_breaker",
         "health",
@@ -568,6 +610,7 @@ def load_config(
     providers = tuple(
         _build(ProviderConfig, f"providers[{i}]", entry) for i, entry in enumerate(providers_raw)
     )
+    quotas = _quotas(raw.get("quotas", {}), env, overrides)
     log_level = str(env.get("AIPROC_LOG_LEVEL", raw.get("log_level", "INFO"))).upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level", f"expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
@@ -576,6 +619,7 @@ def load_config(
         server=sections["server"],
         processor=sections["processor"],
         providers=providers,
+        quotas=quotas,
         failover=sections["failover"],
         circuit_breaker=sections["circuit_breaker"],
         health=sections["health"],
@@ -586,6 +630,39 @@ def load_config(
     return config
 
 
+def _quotas(
+    raw: object, env: Mapping[str, str], overrides: Mapping[str, Mapping[str, object]] | None
+) -> QuotasConfig:
+    """The [quotas] table: its scalar fields as any section's, its tenants as an array."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("quotas", f"expected a table, got {raw!r}")
+    scalars = {k: v for k, v in raw.items() if k != "tenants"}
+    scalars.update(_env_overrides(env, "quotas", QuotasConfig, exclude={"tenants"}))
+    scalars.update((overrides or {}).get("quotas", {}))
+    entries = raw.get("tenants", [])
+    if not isinstance(entries, list):
+        raise ConfigError("quotas.tenants", "expected an array of tables ([[quotas.tenants]])")
+    tenants = tuple(
+        _build(TenantQuota, f"quotas.tenants[{i}]", entry) for i, entry in enumerate(entries)
+    )
+    return replace(_build(QuotasConfig, "quotas", scalars), tenants=tenants)
+
+
+def _validate_quotas(cfg: QuotasConfig) -> None:
+    if cfg.max_queued_per_tenant < 0:
+        raise ConfigError("quotas.max_queued_per_tenant", "must not be negative")
+    seen: set[str] = set()
+    for index, quota in enumerate(cfg.tenants):
+        where = f"quotas.tenants[{index}]"
+        if not _TENANT_RE.match(quota.tenant):
+            raise ConfigError(f"{where}.tenant", "1-128 letters, digits, '.', '_' or '-'")
+        if quota.tenant in seen:
+            raise ConfigError(f"{where}.tenant", f"duplicate tenant {quota.tenant!r}")
+        seen.add(quota.tenant)
+        if quota.max_queued < 0:
+            raise ConfigError(f"{where}.max_queued", "must not be negative")
+
+
 def validate(config: Config) -> None:
     """Raises ConfigError for the first invalid field."""
     _validate_server(config.server)
@@ -594,6 +671,7 @@ def validate(config: Config) -> None:
     _validate_breaker(config.circuit_breaker)
     _validate_health(config.health)
     _validate_telemetry(config.telemetry)
+    _validate_quotas(config.quotas)
     seen: set[str] = set()
     for index, provider in enumerate(config.providers):
         _validate_provider(index, provider)

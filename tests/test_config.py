@@ -83,6 +83,16 @@ retry_delay = "1s"
         ("[server]\nlease_ttl = '100ms'", "server.lease_ttl"),
         ("[server]\nevent_loop = 'trio'", "server.event_loop"),
         ("[failover]\nstrategy = 'fastest'", "failover.strategy"),
+        ("[quotas]\nmax_queued_per_tenant = -1", "quotas.max_queued_per_tenant"),
+        ("[quotas]\ntenants = 'acme'", "quotas.tenants"),
+        ("[[quotas.tenants]]\nmax_queued = 5", "quotas.tenants[0].tenant"),
+        ("[[quotas.tenants]]\ntenant = 'a b'", "quotas.tenants[0].tenant"),
+        ("[[quotas.tenants]]\ntenant = 'a'\nmax_queued = -2", "quotas.tenants[0].max_queued"),
+        ("[[quotas.tenants]]\ntenant = 'a'\nburst = 2", "quotas.tenants[0].burst"),
+        (
+            "[[quotas.tenants]]\ntenant = 'a'\n[[quotas.tenants]]\ntenant = 'a'",
+            "quotas.tenants[1].tenant",
+        ),
         ("[surprise]\nx = 1", "surprise"),
         ("[[providers]]\nname = 'a'\nkind = 'cohere'", "providers[0].kind"),
         ("[[providers]]\nkind = 'offline'", "providers[0].name"),
@@ -104,6 +114,25 @@ def test_invalid_config_names_the_field(tmp_path: Path, toml: str, field: str) -
         load_config(write(tmp_path, toml), env={})
     assert caught.value.field == field
     assert str(caught.value).startswith(f"invalid config: {field}:")
+
+
+def test_quotas_have_a_default_and_tenants_of_their_own(tmp_path: Path) -> None:
+    toml = """
+[quotas]
+max_queued_per_tenant = 100
+
+[[quotas.tenants]]
+tenant = "big-customer"
+max_queued = 5000
+
+[[quotas.tenants]]
+tenant = "uses-the-default"
+"""
+    config = load_config(write(tmp_path, toml), env={"AIPROC_QUOTAS_MAX_QUEUED_PER_TENANT": "200"})
+    assert config.quotas.max_queued("big-customer") == 5000
+    assert config.quotas.max_queued("uses-the-default") == 200
+    assert config.quotas.max_queued("anyone") == 200
+    assert load_config(env={}).quotas.max_queued("anyone") == 0
 
 
 def test_a_redis_url_is_a_store(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ async def open_redis_backend(config: Config, owned: AsyncExitStack, clock: Clock
         max_crashes=server.max_crashes,
         lease_ttl=server.lease_ttl,
         idempotency_window=server.idempotency_window,
+        quotas=config.quotas,
     )
     processor = config.processor
     return Backend(

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import json
 
-# A task's place in P:queue: (5 - priority) * 2**44 + sequence. Lower scores leave first, so
-# a higher priority always comes before a lower one, and within a level the older task does.
-# 2**44 sequences (17 trillion) per level, and the largest score stays below 2**53, where a
-# Redis score (a double) still holds every integer exactly.
+# A task's place in P:queue: (5 - priority) * 2**44 + tag. Lower scores leave first, so a
+# higher priority always comes before a lower one; within a level the lower virtual tag
+# does (tenants take turns, each in its own order: see `enqueue` in lua.py). Tags grow by
+# about one per task taken, 2**44 (17 trillion) per level, and the largest score stays
+# below 2**53, where a Redis score (a double) still holds every integer exactly.
 PRIORITY_BAND = 2**44
 MAX_PRIORITY = 4
 
 
-def queue_score(priority: int, sequence: int) -> int:
+def queue_score(priority: int, tag: int) -> int:
     """The P:queue score of a task; the same formula as `queue_score` in lua.py."""
-    return (MAX_PRIORITY + 1 - priority) * PRIORITY_BAND + sequence
+    return (MAX_PRIORITY + 1 - priority) * PRIORITY_BAND + tag
 
 
 class RedisKeys:
@@ -51,6 +52,12 @@ class RedisKeys:
         """Channel: messages between replicas (results, progress, cancels); the bus's."""
         self.rate_limit = f"{prefix}:ratelimit:global"
         """The shared rate limiter's state."""
+        self.tenant_waiting = f"{prefix}:tenant_waiting"
+        """HASH client id -> its tasks waiting in P:queue (absent: none)."""
+        self.last_tag = f"{prefix}:last_tag"
+        """HASH "priority|client id" -> the tag of the client's newest waiting task there."""
+        self.virtual_time = f"{prefix}:virtual_time"
+        """HASH priority -> the highest tag claimed in that level."""
 
     def task(self, task_id: str) -> str:
         """HASH of one task (see `server/cluster/store.py` for its fields)."""

@@ -16,7 +16,10 @@ Conventions, shared through PRELUDE:
   fraction) since the epoch.
 - A task's fields are those written by `store._task_fields`; scripts read only
   the scalar ones (state, prio, seq, client, created_at, crashes, attempts,
-  idem) and never parse the JSON ones.
+  idem) and never parse the JSON ones. Scripts add one of their own: `tag`,
+  the task's virtual start tag in its priority level (see `enqueue`).
+- Every change to P:queue goes through `enqueue`, `unqueue` or CLAIM, which keep
+  the per-tenant waiting counts (P:tenant_waiting) in step with it.
 - A reply holding a task is the flat HGETALL list, decoded by the store.
 - Numbers that must stay exact on the way back (scores, timestamps) are
   returned as strings: Lua numbers reach the client as truncated integers.
@@ -35,23 +38,63 @@ local DONE = P .. ':done'
 local UNDELIVERED = P .. ':undelivered'
 local WAKE = P .. ':wake'
 local FEED = P .. ':feed'
+local TENANT_WAITING = P .. ':tenant_waiting'
+local LAST_TAG = P .. ':last_tag'
+local VIRTUAL_TIME = P .. ':virtual_time'
 
 local function task_key(id) return P .. ':task:' .. id end
 local function client_tasks_key(client) return P .. ':client:' .. client .. ':tasks' end
 local function pending_key(client) return P .. ':client:' .. client .. ':pending' end
 
--- keys.queue_score: higher priority first, then acceptance order; exact below 2^53.
-local function queue_score(prio, seq) return (5 - prio) * 17592186044416 + seq end
+-- keys.queue_score: higher priority first, then the virtual tag; exact below 2^53.
+local BAND = 17592186044416
+local function queue_score(prio, tag) return (5 - prio) * BAND + tag end
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
 
--- Puts a task back among the waiting, at the place its priority and sequence give it.
-local function enqueue(id, key)
-  local f = redis.call('HMGET', key, 'prio', 'seq')
-  redis.call('ZADD', QUEUE, queue_score(tonumber(f[1]), tonumber(f[2])), id)
+-- Makes a task wait. Within a priority level tenants take turns (start-time fair
+-- queuing, as core/queue.py): a task's tag is its tenant's last tag in the level or the
+-- level's virtual time (the tag of the task claimed last), whichever is later, plus one.
+-- With `keep_place` a task that was claimed but not run goes back to the tag it had, so
+-- it leaves again first.
+local function enqueue(id, key, keep_place)
+  local f = redis.call('HMGET', key, 'prio', 'client', 'tag')
+  local prio, client, tag = tonumber(f[1]), f[2], tonumber(f[3])
+  if not (keep_place and tag) then
+    local level = prio .. '|' .. client
+    tag = math.max(tonumber(redis.call('HGET', VIRTUAL_TIME, prio) or '0'),
+                   tonumber(redis.call('HGET', LAST_TAG, level) or '0')) + 1
+    redis.call('HSET', LAST_TAG, level, tag)
+    redis.call('HSET', key, 'tag', tag)
+  end
+  if redis.call('ZADD', QUEUE, queue_score(prio, tag), id) == 1 then
+    redis.call('HINCRBY', TENANT_WAITING, client, 1)
+  end
+end
+
+-- Counts a task of `client` that left the queue. A tenant with nothing left waiting
+-- forgets its tags, so tenants that come and go leave nothing behind.
+local function left_queue(client)
+  if redis.call('HINCRBY', TENANT_WAITING, client, -1) <= 0 then
+    redis.call('HDEL', TENANT_WAITING, client)
+    for prio = 1, 4 do
+      redis.call('HDEL', LAST_TAG, prio .. '|' .. client)
+    end
+  end
+end
+
+-- Takes a task out of the queue if it waits there.
+local function unqueue(id, key)
+  if redis.call('ZREM', QUEUE, id) == 1 then
+    left_queue(redis.call('HGET', key, 'client'))
+  end
+end
+
+local function waiting_of(client)
+  return tonumber(redis.call('HGET', TENANT_WAITING, client) or '0')
 end
 
 local function undelivered() return tonumber(redis.call('GET', UNDELIVERED) or '0') end
@@ -71,6 +114,7 @@ local old_client = redis.call('HGET', key, 'client')
 if old_client and old_client ~= client then
   redis.call('ZREM', client_tasks_key(old_client), id)
 end
+unqueue(id, key)
 redis.call('DEL', key)
 redis.call('HSET', key, unpack(ARGV, 6))
 local f = redis.call('HMGET', key, 'state', 'prio', 'seq')
@@ -78,10 +122,8 @@ local seq = tonumber(f[3])
 redis.call('ZADD', TASKS, seq, id)
 redis.call('ZADD', client_tasks_key(client), seq, id)
 if f[1] == 'queued' then
-  redis.call('ZADD', QUEUE, queue_score(tonumber(f[2]), seq), id)
+  enqueue(id, key, false)
   redis.call('PUBLISH', WAKE, '1')
-else
-  redis.call('ZREM', QUEUE, id)
 end
 -- A sequence handed out later by ADMIT must not repeat this one.
 if tonumber(redis.call('GET', SEQ) or '0') < seq then
@@ -99,11 +141,12 @@ ADMIT = (
     + """
 -- ARGV: prefix, task id, client id, idempotency key name ('' if none), its TTL in ms,
 --       capacity, not_before (the oldest created_at an earlier task may have to count as
---       a repeat; '' for any), then the task's fields as name, value pairs (without seq).
+--       a repeat; '' for any), the client's own limit of waiting tasks (0: none), then the
+--       task's fields as name, value pairs (without seq).
 -- Returns {0, id, fields} for a repeat (the earlier task), {-1, waiting} when full,
--- {1, sequence} for a new task.
+-- {-2, waiting} when the client's own limit is reached, {1, sequence} for a new task.
 local id, client, idem, ttl = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local capacity, not_before = tonumber(ARGV[6]), ARGV[7]
+local capacity, not_before, tenant_limit = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 if idem ~= '' then
   local earlier = redis.call('GET', idem)
   if earlier then
@@ -118,13 +161,16 @@ local waiting = redis.call('ZCARD', QUEUE)
 if waiting >= capacity then
   return {-1, waiting}
 end
+if tenant_limit > 0 and waiting_of(client) >= tenant_limit then
+  return {-2, waiting_of(client)}
+end
 local seq = redis.call('INCR', SEQ)
 local key = task_key(id)
 redis.call('DEL', key)
-redis.call('HSET', key, 'seq', seq, unpack(ARGV, 8))
+redis.call('HSET', key, 'seq', seq, unpack(ARGV, 9))
 redis.call('ZADD', TASKS, seq, id)
 redis.call('ZADD', client_tasks_key(client), seq, id)
-redis.call('ZADD', QUEUE, queue_score(tonumber(redis.call('HGET', key, 'prio')), seq), id)
+enqueue(id, key, false)
 if idem ~= '' then
   redis.call('SET', idem, id, 'PX', ttl)
 end
@@ -145,7 +191,7 @@ if redis.call('HGET', key, 'state') ~= 'queued' then
   return false
 end
 redis.call('HSET', key, 'state', 'running', 'started_at', ARGV[3])
-redis.call('ZREM', QUEUE, id)
+unqueue(id, key)
 return redis.call('HGETALL', key)
 """
 )
@@ -181,7 +227,7 @@ end
 local attempts = math.max(tonumber(ARGV[6]), tonumber(f[2] or '0'))
 redis.call('HSET', key, 'state', ARGV[3], 'finished_at', ARGV[4], 'result', ARGV[5],
            'result_attempts', attempts)
-redis.call('ZREM', QUEUE, id)
+unqueue(id, key)
 redis.call('ZREM', LEASES, id)
 redis.call('ZADD', FINISHED, ARGV[4], id)
 redis.call('ZADD', pending_key(f[3]), redis.call('INCR', DONE), id)
@@ -263,7 +309,7 @@ redis.call('HDEL', key, 'started_at', 'finished_at', 'result', 'result_attempts'
 if ARGV[3] == '1' then
   redis.call('HINCRBY', key, 'crashes', 1)
 end
-enqueue(id, key)
+enqueue(id, key, false)
 redis.call('PUBLISH', WAKE, '1')
 return {count, redis.call('HGETALL', key)}
 """
@@ -340,7 +386,7 @@ for _, id in ipairs(ids) do
     end
     redis.call('ZREM', TASKS, id)
     redis.call('ZREM', client_tasks_key(f[1]), id)
-    redis.call('ZREM', QUEUE, id)
+    unqueue(id, key)
     redis.call('ZREM', LEASES, id)
     redis.call('DEL', key)
   end
@@ -360,8 +406,16 @@ local popped = redis.call('ZPOPMIN', QUEUE, tonumber(ARGV[2]))
 local deadline = now_ms() + tonumber(ARGV[3])
 local ids = {}
 for i = 1, #popped, 2 do
-  redis.call('ZADD', LEASES, deadline, popped[i])
-  ids[#ids + 1] = popped[i]
+  local id = popped[i]
+  local f = redis.call('HMGET', task_key(id), 'prio', 'client')
+  local prio = tonumber(f[1])
+  local tag = tonumber(popped[i + 1]) - (5 - prio) * BAND
+  if tag > tonumber(redis.call('HGET', VIRTUAL_TIME, prio) or '0') then
+    redis.call('HSET', VIRTUAL_TIME, prio, tag)
+  end
+  left_queue(f[2])
+  redis.call('ZADD', LEASES, deadline, id)
+  ids[#ids + 1] = id
 end
 return ids
 """
@@ -392,7 +446,7 @@ if redis.call('HGET', key, 'state') ~= 'queued' then
   return 0
 end
 redis.call('ZREM', LEASES, id)
-enqueue(id, key)
+enqueue(id, key, true)
 redis.call('PUBLISH', WAKE, '1')
 return 1
 """
@@ -411,7 +465,7 @@ end
 redis.call('HSET', key, 'state', 'queued')
 redis.call('HDEL', key, 'started_at')
 redis.call('ZREM', LEASES, id)
-enqueue(id, key)
+enqueue(id, key, true)
 redis.call('PUBLISH', WAKE, '1')
 return 1
 """
@@ -443,11 +497,11 @@ for _, id in ipairs(ids) do
     else
       redis.call('HSET', key, 'state', 'queued', 'crashes', crashes + 1)
       redis.call('HDEL', key, 'started_at')
-      enqueue(id, key)
+      enqueue(id, key, true)
       requeued = requeued + 1
     end
   elseif f[1] == 'queued' then
-    enqueue(id, key)
+    enqueue(id, key, true)
     requeued = requeued + 1
   end
 end

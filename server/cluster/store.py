@@ -40,7 +40,7 @@ from redis.commands.core import AsyncScript
 from aiproc.server.cluster import lua
 from aiproc.server.cluster.connection import open_redis
 from aiproc.server.cluster.keys import PRIORITY_BAND, RedisKeys, queue_score
-from aiproc.server.core.errors import QueueFull
+from aiproc.server.core.errors import QueueFull, TenantQueueFull
 from aiproc.server.core.models import Priority, Task, TaskResult, TaskState
 from aiproc.server.store.codec import (
     dumps,
@@ -226,7 +226,12 @@ class RedisStore:
     # -- Queue operations -----------------------------------------------------------------
 
     async def admit(
-        self, task: Task, capacity: int, *, not_before: float | None = None
+        self,
+        task: Task,
+        capacity: int,
+        *,
+        not_before: float | None = None,
+        tenant_limit: int = 0,
     ) -> tuple[Task, bool]:
         """Numbers `task`, stores it QUEUED and queues it, as one step; returns it with its
         sequence (the given one is ignored) and True.
@@ -234,7 +239,7 @@ class RedisStore:
         If this client already queued a task with the same idempotency key (created at or
         after `not_before`, when given: the idempotency window), returns that task and False
         instead, so concurrent repeats on any replicas make one task. Raises QueueFull when
-        `capacity` tasks are waiting.
+        `capacity` tasks are waiting, or `tenant_limit` (when not 0) of this client's.
         """
         idem = self._idempotency_key(task)
         queued = replace(
@@ -250,11 +255,14 @@ class RedisStore:
             self._ttl_ms(),
             capacity,
             "" if not_before is None else _float_text(not_before),
+            tenant_limit,
             *_flat(fields),
         )
         outcome = int(reply[0])
         if outcome == 0:
             return _task_from_fields(_pairs(reply[2])), False
+        if outcome == -2:
+            raise TenantQueueFull(task.client_id, tenant_limit)
         if outcome < 0:
             raise QueueFull(f"queue is full ({int(reply[1])} tasks waiting); retry later")
         queued.sequence = int(reply[1])

@@ -21,6 +21,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from aiproc.server.cluster.store import RedisStore
+from aiproc.server.config import QuotasConfig
 from aiproc.server.core.errors import StoreError
 from aiproc.server.core.models import Priority, Task
 from aiproc.server.core.queue import QueueClosed
@@ -47,8 +48,10 @@ class RedisWorkQueue:
         max_crashes: int,
         lease_ttl: float,
         idempotency_window: float,
+        quotas: QuotasConfig | None = None,
     ) -> None:
         self._store = store
+        self._quotas = quotas or QuotasConfig()
         self._idempotency_window = idempotency_window
         self._capacity = capacity
         self._max_crashes = max_crashes
@@ -96,7 +99,10 @@ class RedisWorkQueue:
         if self._closed:
             raise QueueClosed
         admitted, created = await self._store.admit(
-            task, self._capacity, not_before=task.created_at - self._idempotency_window
+            task,
+            self._capacity,
+            not_before=task.created_at - self._idempotency_window,
+            tenant_limit=self._quotas.max_queued(task.client_id),
         )
         if created:
             self._depths[admitted.spec.priority] += 1  # until the next refresh says better

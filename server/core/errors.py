@@ -51,6 +51,16 @@ class QueueFull(AiprocError):
     pass
 
 
+class TenantQueueFull(QueueFull):
+    """A tenant has as many tasks waiting as its quota allows; other tenants are still
+    admitted."""
+
+    def __init__(self, tenant: str, limit: int) -> None:
+        super().__init__(
+            f"tenant {tenant!r} has {limit} tasks waiting, its quota (max_queued); retry later"
+        )
+
+
 class ShuttingDown(AiprocError):
     pass
 

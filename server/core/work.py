@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Protocol
 
-from aiproc.server.core.errors import QueueFull
+from aiproc.server.config import QuotasConfig
+from aiproc.server.core.errors import QueueFull, TenantQueueFull
 from aiproc.server.core.models import ErrorCode, Task, TaskError, TaskResult, TaskState
 from aiproc.server.core.queue import TaskQueue
 from aiproc.server.store.base import TaskStore
@@ -88,10 +90,18 @@ class WorkQueue(Protocol):
 class LocalWorkQueue:
     """Waiting ids in this process, over a store that only this process uses."""
 
-    def __init__(self, store: TaskStore, capacity: int, max_crashes: int) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        capacity: int,
+        max_crashes: int,
+        quotas: QuotasConfig | None = None,
+    ) -> None:
         self._store = store
         self._queue = TaskQueue(capacity)
         self._max_crashes = max_crashes
+        self._quotas = quotas or QuotasConfig()
+        self._admitting: Counter[str] = Counter()
         self._sequence = itertools.count(1)
 
     @property
@@ -121,22 +131,34 @@ class LocalWorkQueue:
                 if requeued is None:
                     continue
                 task = requeued
-            self._queue.restore(task.task_id, task.spec.priority, task.sequence)
+            self._queue.restore(task.task_id, task.spec.priority, task.sequence, task.client_id)
         if live:
             log.info("recovered %d unfinished tasks from the store", len(live))
 
     async def admit(self, task: Task) -> tuple[Task, bool]:
         if len(self._queue) >= self._queue.capacity:
             raise QueueFull(f"queue is full ({self._queue.capacity} tasks waiting); retry later")
+        tenant = task.client_id
+        limit = self._quotas.max_queued(tenant)
+        # Tasks being written count against the quota too, so concurrent
+        # QueueTasks of one tenant cannot all pass the check at once.
+        if limit and self._queue.waiting_of(tenant) + self._admitting[tenant] >= limit:
+            raise TenantQueueFull(tenant, limit)
         task = replace(task, sequence=next(self._sequence))
-        await self._store.put(task)
+        self._admitting[tenant] += 1
         try:
-            self._queue.put(task.task_id, task.spec.priority, task.sequence)
+            await self._store.put(task)
+        finally:
+            self._admitting[tenant] -= 1
+            if not self._admitting[tenant]:
+                del self._admitting[tenant]
+        try:
+            self._queue.put(task.task_id, task.spec.priority, task.sequence, tenant)
         except BaseException:
             # Capacity was taken (or the queue closed) while the store wrote:
             # end the task unaccepted, so no stored task is one nobody will run.
             await self._store.finish(_not_accepted(task), task.created_at)
-            await self._store.ack(task.client_id, (task.task_id,))
+            await self._store.ack(tenant, (task.task_id,))
             raise
         return task, True
 
@@ -152,7 +174,9 @@ class LocalWorkQueue:
     async def requeue(self, task_id: str) -> Task | None:
         requeued = await self._store.requeue(task_id, crashed=False)
         if requeued is not None:
-            self._queue.restore(task_id, requeued.spec.priority, requeued.sequence)
+            self._queue.restore(
+                task_id, requeued.spec.priority, requeued.sequence, requeued.client_id
+            )
         return requeued
 
     async def give_back(self, task_id: str) -> None:

@@ -29,7 +29,7 @@ async def open_backend(config: Config, owned: AsyncExitStack, clock: Clock) -> B
     processor = config.processor
     return Backend(
         store=store,
-        queue=LocalWorkQueue(store, processor.queue_size, config.server.max_crashes),
+        queue=LocalWorkQueue(store, processor.queue_size, config.server.max_crashes, config.quotas),
         limiter=RateLimiter(processor.rate_limit_rps, processor.rate_limit_burst, clock),
         bus=LoneReplica(),
     )

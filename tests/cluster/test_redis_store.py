@@ -23,7 +23,7 @@ from aiproc.server.cluster import store as store_module
 from aiproc.server.cluster.connection import open_redis
 from aiproc.server.cluster.keys import RedisKeys
 from aiproc.server.cluster.store import RedisStore
-from aiproc.server.core.errors import QueueFull, StoreError
+from aiproc.server.core.errors import QueueFull, StoreError, TenantQueueFull
 from aiproc.server.core.models import Priority, TaskState
 from tests.redis_support import REDIS_URL
 from tests.store.builders import result, task
@@ -230,6 +230,73 @@ async def test_claim_takes_highest_priority_first_then_oldest_across_replicas(
         deadline = await lease_of(redis, first, task_id)
         assert deadline is not None
         assert now_ms < deadline <= now_ms + LONG_LEASE * 1000
+
+
+async def test_tenants_take_turns_within_a_level_across_replicas(replica: Replica) -> None:
+    first, second = await replica(), await replica()
+    for n in range(1, 6):
+        await first.admit(task(f"a{n}", "a"), capacity=20)
+    await second.admit(task("b1", "b"), capacity=20)
+    await second.admit(task("b2", "b"), capacity=20)
+    await first.admit(task("c1", "c"), capacity=20)
+
+    rounds = [set(await first.claim(3, LONG_LEASE)), set(await second.claim(2, LONG_LEASE))]
+    rest = await first.claim(10, LONG_LEASE)
+
+    assert rounds == [{"a1", "b1", "c1"}, {"a2", "b2"}]
+    assert rest == ["a3", "a4", "a5"]
+
+
+async def test_a_newcomer_waits_behind_at_most_one_task_of_a_backlog(store: RedisStore) -> None:
+    for n in range(1, 11):
+        await store.admit(task(f"a{n:02}", "a"), capacity=20)
+    assert await store.claim(3, LONG_LEASE) == ["a01", "a02", "a03"]
+
+    await store.admit(task("b1", "b"), capacity=20)
+
+    assert set(await store.claim(2, LONG_LEASE)) == {"a04", "b1"}
+
+
+async def test_a_tenant_at_its_limit_is_refused_and_others_are_not(store: RedisStore) -> None:
+    await store.admit(task("a1", "a"), capacity=10, tenant_limit=2)
+    await store.admit(task("a2", "a"), capacity=10, tenant_limit=2)
+
+    with pytest.raises(TenantQueueFull, match="tenant 'a' has 2 tasks waiting"):
+        await store.admit(task("a3", "a"), capacity=10, tenant_limit=2)
+    await store.admit(task("b1", "b"), capacity=10, tenant_limit=2)
+    assert await store.claim(1, LONG_LEASE) == ["a1"]
+    await store.admit(task("a3", "a"), capacity=10, tenant_limit=2)
+    assert await store.get("a3") is not None
+
+
+async def test_waiting_counts_per_tenant_follow_every_way_in_and_out_of_the_queue(
+    store: RedisStore, redis: Redis
+) -> None:
+    keys = RedisKeys(store.keys.prefix)
+    for name in ("a1", "a2", "a3", "b1", "b2"):
+        await store.admit(task(name, name[0]), capacity=10)
+    claimed = await store.claim(2, LONG_LEASE)  # a1 and b1
+    await store.unclaim(claimed[0])
+    await store.mark_running(claimed[1], 1001.0)
+    await store.give_back(claimed[1])
+    await store.finish(result(task("a2", "a"), TaskState.CANCELLED), finished_at=1002.0)
+    (taken,) = await store.claim(1, LONG_LEASE)
+    await store.mark_running(taken, 1003.0)
+    await store.finish(result(task(taken, taken[0])), finished_at=1004.0)
+    await store.requeue(taken, crashed=False)
+    await store.expire(now=1002.0 + RETENTION)
+
+    waiting = await redis.zrange(keys.queue, 0, -1)
+    expected: dict[str, str] = {}
+    for task_id in waiting:
+        client = await redis.hget(keys.task(task_id), "client")
+        expected[client] = str(int(expected.get(client, "0")) + 1)
+    assert await redis.hgetall(keys.tenant_waiting) == expected
+    assert sorted(waiting) == ["a1", "a3", "b1", "b2"]
+
+    assert len(await store.claim(10, LONG_LEASE)) == 4
+    assert await redis.hgetall(keys.tenant_waiting) == {}
+    assert await redis.hgetall(keys.last_tag) == {}
 
 
 async def test_a_cancelled_task_is_not_handed_out_nor_run(store: RedisStore, redis: Redis) -> None:
@@ -451,12 +518,14 @@ async def test_the_scripts_use_the_key_names_of_redis_keys(
 ) -> None:
     keys = RedisKeys(prefix)
     await store.admit(task("t1", "alice:x", key="k"), capacity=10)
+    waiting = {key async for key in redis.scan_iter(match=f"{prefix}:*")}
     await store.claim(1, LONG_LEASE)
     await store.mark_running("t1", 1001.0)
     await store.finish(result(task("t1", "alice:x")), finished_at=1002.0)
 
     found = {key async for key in redis.scan_iter(match=f"{prefix}:*")}
 
+    assert {keys.queue, keys.tenant_waiting, keys.last_tag} <= waiting
     assert found == {
         keys.task("t1"),
         keys.tasks,
@@ -467,6 +536,7 @@ async def test_the_scripts_use_the_key_names_of_redis_keys(
         keys.seq,
         keys.done,
         keys.undelivered,
+        keys.virtual_time,
     }
 
 
@@ -483,7 +553,8 @@ async def test_expire_removes_every_trace_of_a_task(
     assert await store.expire(now=2000.0 + RETENTION) == 1
 
     left = {key async for key in redis.scan_iter(match=f"{prefix}:*")}
-    assert left == {keys.seq, keys.done, keys.undelivered}  # counters only
+    # Counters only (the virtual time is one per priority level).
+    assert left == {keys.seq, keys.done, keys.undelivered, keys.virtual_time}
     assert await redis.get(keys.undelivered) == "0"
     assert store.undelivered_count() == 0
     assert await store.find_idempotent("alice", "k") is None
