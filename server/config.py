@@ -504,29 +504,33 @@ def _validate_exposure(config: Config) -> None:
         )
 
 
+def validate_api_key(key: ApiKeyConfig, where: str) -> None:
+    """Raises ConfigError (field `{where}.<name>`) for a malformed [[auth.api_keys]] entry."""
+    if not TENANT_RE.match(key.tenant):
+        raise ConfigError(f"{where}.tenant", f"must be {TENANT_RULE}")
+    if key.role not in ROLES:
+        raise ConfigError(f"{where}.role", f"unknown role {key.role!r}; known: client, admin")
+    if not _KEY_HASH_RE.match(key.hash):
+        raise ConfigError(
+            f"{where}.hash",
+            "expected 'sha256:' and 64 lowercase hex digits, as `aiproc keys create` prints"
+            " (never the token itself)",
+        )
+    if not _NAME_RE.match(key.name):
+        raise ConfigError(
+            f"{where}.name", "must be 1-64 letters, digits, '.', '_' or '-', starting alphanumeric"
+        )
+
+
 def _validate_auth(cfg: AuthConfig, server: ServerConfig) -> None:
     names: set[str] = set()
     hashes: set[str] = set()
     for index, key in enumerate(cfg.api_keys):
         where = f"auth.api_keys[{index}]"
-        if not _NAME_RE.match(key.name):
-            raise ConfigError(
-                f"{where}.name",
-                "must be 1-64 letters, digits, '.', '_' or '-', starting alphanumeric",
-            )
+        validate_api_key(key, where)
         if key.name in names:
             raise ConfigError(f"{where}.name", f"duplicate name {key.name!r}")
         names.add(key.name)
-        if not TENANT_RE.match(key.tenant):
-            raise ConfigError(f"{where}.tenant", f"must be {TENANT_RULE}")
-        if key.role not in ROLES:
-            raise ConfigError(f"{where}.role", f"unknown role {key.role!r}; known: client, admin")
-        if not _KEY_HASH_RE.match(key.hash):
-            raise ConfigError(
-                f"{where}.hash",
-                "expected 'sha256:' and 64 lowercase hex digits, as `aiproc keys create` prints"
-                " (never the token itself)",
-            )
         if key.hash in hashes:
             raise ConfigError(f"{where}.hash", "duplicate: another entry has the same key")
         hashes.add(key.hash)
