@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from aiproc.server.api.auth import AuthInterceptor
 from aiproc.server.api.servicer import ProcessorServicer
 from aiproc.server.config import Config, ProviderConfig, exposure_risks
 from aiproc.server.core.processor import Processor
@@ -21,7 +22,7 @@ from aiproc.server.providers.base import Provider
 from aiproc.server.providers.http import create_http_client
 from aiproc.server.providers.registry import build_providers
 from aiproc.server.resilience.clock import Clock, SystemClock
-from aiproc.server.security import Authenticator, AuthInterceptor, server_credentials
+from aiproc.server.security import Authenticator, server_credentials
 from aiproc.server.store.factory import open_backend
 from aiproc.server.telemetry.logs import configure_logging
 from aiproc.server.telemetry.setup import Telemetry

@@ -10,12 +10,10 @@ tls            server credentials from the configured PEM files
 
 from aiproc.server.security.authenticator import Authenticator
 from aiproc.server.security.caller import Caller, Role, current_caller
-from aiproc.server.security.interceptor import AuthInterceptor
 from aiproc.server.security.tls import server_credentials
 from aiproc.server.security.tokens import hash_token, new_token
 
 __all__ = [
-    "AuthInterceptor",
     "Authenticator",
     "Caller",
     "Role",

@@ -68,8 +68,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             )
             authorize(caller, method)
         except AiprocError as exc:
+            # The peer address, for whoever audits refusals; the message holds no credential.
             log.info("refused %s from %s: %s", method, context.peer(), exc)
             await abort_with(context, exc)
+        log.debug("%s from %s: %r", method, context.peer(), caller)
         enter(caller)
 
 
