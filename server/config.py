@@ -732,6 +732,9 @@ def load_config(
     providers = tuple(
         _build(ProviderConfig, f"providers[{i}]", entry) for i, entry in enumerate(providers_raw)
     )
+    for key in env:
+        if key.startswith("AIPROC_AUTH_"):
+            raise ConfigError(key, "[auth] is read from the config file only")
     auth = _build_auth(raw.get("auth", {}))
     log_level = str(env.get("AIPROC_LOG_LEVEL", raw.get("log_level", "INFO"))).upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -225,3 +225,8 @@ def test_beyond_loopback_plaintext_or_no_auth_is_refused(listen: str) -> None:
     assert load_config(env={}, overrides={"server": mutual}).server.listen == listen
     insecure = {"listen": listen, "allow_insecure": True}
     assert load_config(env={}, overrides={"server": insecure}).server.allow_insecure
+
+
+def test_auth_comes_from_the_file_only() -> None:
+    with pytest.raises(ConfigError, match=r"AIPROC_AUTH_API_KEYS: \[auth\] is read from"):
+        load_config(env={"AIPROC_AUTH_API_KEYS": "x"})

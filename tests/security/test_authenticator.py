@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextvars
+
 import pytest
 
 from aiproc.server.config import AuthConfig
 from aiproc.server.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from aiproc.server.security.authenticator import Authenticator, PeerProperties
-from aiproc.server.security.caller import Caller, Role
+from aiproc.server.security.caller import Caller, Role, current_caller
 from aiproc.server.security.policy import ADMIN_METHODS, CLIENT_METHODS, authorize
 from aiproc.server.security.tokens import TOKEN_PREFIX, hash_token, new_token
 from aiproc.v1 import processor_service_pb2 as pb
@@ -118,3 +120,8 @@ def test_every_rpc_has_a_role_and_only_admins_get_stats_and_events() -> None:
         authorize(client, "/aiproc.v1.ProcessorService/Stats")
     with pytest.raises(PermissionDenied, match=r"some\.Other/Method needs role admin"):
         authorize(client, "/some.Other/Method")
+
+
+def test_a_handler_reached_without_the_interceptor_has_no_caller() -> None:
+    with pytest.raises(RuntimeError, match="did not pass the auth interceptor"):
+        contextvars.Context().run(current_caller)
