@@ -1,10 +1,14 @@
 # syntax=docker/dockerfile:1
 #
-# aiproc as a container: `docker build -t aiproc .` then
-# `docker run -p 50051:50051 aiproc`. The default command serves on
-# 0.0.0.0:50051 with the built-in offline provider; mount a config file and
-# point AIPROC_CONFIG at it for real providers (pass API keys at run time,
-# never bake them into the image).
+# aiproc as a container: `docker build -t aiproc .`. The default command serves
+# on 0.0.0.0:50051 with the built-in offline provider, and aiproc refuses a
+# non-loopback address without TLS and API keys (or client certificates). Mount
+# a config file with [server] tls_* and [auth] api_keys and point AIPROC_CONFIG
+# at it; just to try it out on your own machine:
+# `docker run -e AIPROC_SERVER_ALLOW_INSECURE=true -p 127.0.0.1:50051:50051 aiproc`.
+# Pass provider keys at run time, never bake them into the image. The
+# HEALTHCHECK below speaks plaintext: with TLS on, replace it (or rely on the
+# orchestrator's own gRPC probe with the CA).
 
 # ---- builder: builds the aiproc wheel and installs it into a venv ----------
 FROM python:3.11.14-slim-bookworm AS builder

@@ -1,6 +1,6 @@
 """The Python client of aiproc: queue content, receive LLM-enhanced results.
 
-    async with AsyncClient("127.0.0.1:50051") as client:
+    async with AsyncClient("127.0.0.1:50051") as client:   # token=..., ca=... when secured
         queued = await client.queue("https://example.com/a", text)
         result = await client.wait(queued.task_id, timeout=60)
 
@@ -16,10 +16,12 @@ subclasses from `aiproc.client.errors`.
 from aiproc.client.async_client import AsyncClient
 from aiproc.client.errors import (
     AiprocClientError,
+    AuthenticationError,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDeniedError,
     QueueFull,
     Unavailable,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "AiprocClientError",
     "AsyncClient",
     "Attempt",
+    "AuthenticationError",
     "BlockingEventStream",
     "BreakerState",
     "Client",
@@ -69,6 +72,7 @@ __all__ = [
     "InvalidArgument",
     "LatencySummary",
     "NotFound",
+    "PermissionDeniedError",
     "Priority",
     "ProgressEvent",
     "ProgressKind",

@@ -20,6 +20,7 @@ from aiproc.client._convert import (
 )
 from aiproc.client._receiver import Receiver
 from aiproc.client._retry import DEFAULT_RETRY, NO_RETRY, RetryPolicy, call_with_retry
+from aiproc.client._tls import Pem, channel_credentials
 from aiproc.client.errors import Unavailable, map_rpc_error
 from aiproc.client.events import EventStream
 from aiproc.client.models import (
@@ -42,15 +43,22 @@ _T = TypeVar("_T")
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 CLIENT_ID_METADATA = "aiproc-client-id"
+AUTHORIZATION_METADATA = "authorization"
 
 
 class AsyncClient:
     """A connection to one aiproc server; every call has a deadline.
 
     `timeout` is each call's deadline in seconds unless the call passes its
-    own. `client_id` is sent as `aiproc-client-id` on every call: tasks and
-    results belong to it. Reads (get, list_tasks, stats), cancel and queue calls
-    with an idempotency key are retried on UNAVAILABLE within their deadline;
+    own. `token` (an API key from `aiproc keys create`) is sent as
+    `authorization: Bearer <token>` on every call, streams included; the
+    server then knows the caller's tenant. `client_id` is sent as
+    `aiproc-client-id`: on an open server it names the tenant; with a token,
+    only an admin may name a tenant other than its own. `tls=True`, or any of
+    `ca`, `cert` and `key` (PEM as a path or bytes), connects over TLS: `ca`
+    replaces the system's roots, `cert` with `key` is the client certificate
+    for mutual TLS. Reads (get, list_tasks, stats), cancel and queue calls with
+    an idempotency key are retried on UNAVAILABLE within their deadline;
     requeue never is.
     """
 
@@ -59,6 +67,11 @@ class AsyncClient:
         target: str = DEFAULT_TARGET,
         *,
         client_id: str | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        ca: Pem | None = None,
+        cert: Pem | None = None,
+        key: Pem | None = None,
         timeout: float = 10.0,
         buffer_size: int = 256,
         retry: RetryPolicy = DEFAULT_RETRY,
@@ -70,9 +83,12 @@ class AsyncClient:
         self.timeout = timeout
         self._buffer_size = buffer_size
         self._retry = retry
-        self._metadata: tuple[tuple[str, str], ...] = (
-            ((CLIENT_ID_METADATA, client_id),) if client_id else ()
-        )
+        self._credentials = channel_credentials(tls=tls, ca=ca, cert=cert, key=key)
+        metadata = [(CLIENT_ID_METADATA, client_id)] if client_id else []
+        if token is not None:
+            metadata.append((AUTHORIZATION_METADATA, f"Bearer {_checked(token)}"))
+        self._authenticated = token is not None
+        self._metadata: tuple[tuple[str, str], ...] = tuple(metadata)
         # Opened on first use: grpc.aio binds a channel to the loop that creates it,
         # and the client may be built before the loop runs.
         self._channel: grpc.aio.Channel | None = None
@@ -82,7 +98,12 @@ class AsyncClient:
 
     def __repr__(self) -> str:
         status = "closed" if self._closed else "open"
-        return f"<AsyncClient [{self.target} | {status} | client_id={self.client_id!r}]>"
+        transport = "plaintext" if self._credentials is None else "TLS"
+        token = ", token" if self._authenticated else ""  # never the token itself
+        return (
+            f"<AsyncClient [{self.target} | {status} | {transport}{token}"
+            f" | client_id={self.client_id!r}]>"
+        )
 
     async def __aenter__(self) -> Self:
         return self
@@ -282,9 +303,14 @@ class AsyncClient:
         if self._closed:
             raise RuntimeError("the client is closed")
         if self._service is None:
-            self._channel = grpc.aio.insecure_channel(
-                self.target, interceptors=tracing.interceptors()
-            )
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(
+                    self.target, interceptors=tracing.interceptors()
+                )
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    self.target, self._credentials, interceptors=tracing.interceptors()
+                )
             self._service = pb_grpc.ProcessorServiceStub(self._channel)
         return self._service
 
@@ -313,3 +339,12 @@ class AsyncClient:
             await receiver.aclose()
             raise receiver.error
         return []
+
+
+def _checked(token: str) -> str:
+    """The token, if it can travel in metadata; the error never repeats it."""
+    if not token or not all("!" <= c <= "~" for c in token):
+        raise ValueError(
+            "token: expected printable ASCII without spaces, as `aiproc keys create` prints"
+        )
+    return token

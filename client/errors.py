@@ -6,7 +6,9 @@
     ├── NotFound                       NOT_FOUND: an unknown task id
     ├── FailedPrecondition             FAILED_PRECONDITION: the task's state forbids it
     ├── Unavailable                    UNAVAILABLE: unreachable, or shutting down
-    └── DeadlineExceeded               DEADLINE_EXCEEDED: the call's deadline expired
+    ├── DeadlineExceeded               DEADLINE_EXCEEDED: the call's deadline expired
+    ├── AuthenticationError            UNAUTHENTICATED: no token, or one the server does not know
+    └── PermissionDeniedError          PERMISSION_DENIED: the caller's role or tenant forbids it
 
 Any other status raises `AiprocClientError` itself.
 """
@@ -55,6 +57,15 @@ class DeadlineExceeded(AiprocClientError):
     """The call did not finish before its deadline."""
 
 
+class AuthenticationError(AiprocClientError):
+    """The server asks for credentials (a token) the call did not carry, or did not accept
+    those it carried; the message says which, never the token."""
+
+
+class PermissionDeniedError(AiprocClientError):
+    """The server knows the caller, but its role or tenant does not allow the call."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[AiprocClientError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.RESOURCE_EXHAUSTED: QueueFull,
@@ -62,6 +73,8 @@ _BY_CODE: dict[grpc.StatusCode, type[AiprocClientError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
 }
 
 

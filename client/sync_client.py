@@ -8,6 +8,7 @@ from collections.abc import Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
+from aiproc.client._tls import Pem
 from aiproc.client.async_client import DEFAULT_TARGET, AsyncClient
 from aiproc.client.events import EventStream
 from aiproc.client.models import (
@@ -30,6 +31,8 @@ class _Runner(Protocol):
 class Client:
     """The same calls as `AsyncClient`, blocking; its event loop runs in a background thread.
 
+    Connection settings (token, TLS, client_id) are `AsyncClient`'s.
+
     Use it as a context manager, or call `close()`. Result streams are left
     to `AsyncClient`; `wait`, `try_recv_result` and `recv_all_results` cover
     receiving results here, and `watch_events` blocks for provider events.
@@ -40,11 +43,24 @@ class Client:
         target: str = DEFAULT_TARGET,
         *,
         client_id: str | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        ca: Pem | None = None,
+        cert: Pem | None = None,
+        key: Pem | None = None,
         timeout: float = 10.0,
         buffer_size: int = 256,
     ) -> None:
         self._client = AsyncClient(
-            target, client_id=client_id, timeout=timeout, buffer_size=buffer_size
+            target,
+            client_id=client_id,
+            token=token,
+            tls=tls,
+            ca=ca,
+            cert=cert,
+            key=key,
+            timeout=timeout,
+            buffer_size=buffer_size,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

@@ -14,13 +14,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from aiproc.server.api.auth import AuthInterceptor
 from aiproc.server.api.servicer import ProcessorServicer
-from aiproc.server.config import Config, ProviderConfig
+from aiproc.server.config import Config, ProviderConfig, exposure_risks
 from aiproc.server.core.processor import Processor
 from aiproc.server.providers.base import Provider
 from aiproc.server.providers.http import create_http_client
 from aiproc.server.providers.registry import build_providers
 from aiproc.server.resilience.clock import Clock, SystemClock
+from aiproc.server.security import Authenticator, server_credentials
 from aiproc.server.store.factory import open_backend
 from aiproc.server.telemetry.logs import configure_logging
 from aiproc.server.telemetry.setup import Telemetry
@@ -112,9 +114,18 @@ class AiprocServer:
         owned: contextlib.AsyncExitStack,
     ) -> AiprocServer:
         clock = clock or SystemClock()
+        credentials = server_credentials(config.server)  # bad PEM files stop us before any I/O
+        authenticator = Authenticator(
+            config.auth, client_certificates=bool(config.server.tls_client_ca_file)
+        )
         backend = await open_backend(config, owned, clock)
         processor = Processor(config, backend, providers, clock=clock, telemetry=telemetry)
-        grpc_server = grpc.aio.server()
+        # Health stays open so balancers and orchestrators can probe without a key, and
+        # reflection (when server.reflection is on) so tools can list the API.
+        interceptor = AuthInterceptor(
+            authenticator, open_services=(health.SERVICE_NAME, reflection.SERVICE_NAME)
+        )
+        grpc_server = grpc.aio.server(interceptors=[interceptor])
         servicer = ProcessorServicer(
             processor, max_content_bytes=config.server.max_content_bytes, tracer=telemetry.tracer
         )
@@ -126,9 +137,14 @@ class AiprocServer:
                 (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
             )
         try:
-            port = grpc_server.add_insecure_port(config.server.listen)
+            if credentials is None:
+                port = grpc_server.add_insecure_port(config.server.listen)
+            else:
+                port = grpc_server.add_secure_port(config.server.listen, credentials)
         except RuntimeError as exc:  # grpc reports a failed bind this way
             raise OSError(f"cannot listen on {config.server.listen}: {exc}") from None
+        for risk in exposure_risks(config):  # only there with server.allow_insecure
+            log.warning("server.allow_insecure: serving %s with %s", config.server.listen, risk)
         await processor.start()
         # Undone by stop() when all goes well; by the caller's cleanup if the rest fails.
         owned.push_async_callback(processor.shutdown, 0.0)
@@ -137,7 +153,16 @@ class AiprocServer:
         await health_servicer.set(SERVICE_NAME, serving)
         await health_servicer.set("", serving)
         server = cls(config, grpc_server, processor, health_servicer, port, owned)
-        log.info("aiproc serving on %s with %r", server.address, processor)
+        transport = "plaintext" if credentials is None else "TLS"
+        if config.server.tls_client_ca_file:
+            transport = "mutual TLS"
+        log.info(
+            "aiproc serving on %s (%s, %r) with %r",
+            server.address,
+            transport,
+            authenticator,
+            processor,
+        )
         return server
 
     async def stop(self, grace: float | None = None) -> None:

@@ -7,6 +7,7 @@ provider is built (so keys never sit in the config object or its repr).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -24,8 +25,12 @@ EVENT_LOOPS = ("uvloop", "asyncio")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# The identities aiproc-client-id admits (server/api/servicer.py).
-_TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+"""A tenant (client identity): what tasks are filed under, so it must suit store keys."""
+TENANT_RULE = "1-128 letters, digits, '.', '_' or '-'"
+ROLES = ("client", "admin")
+KEY_HASH_PREFIX = "sha256:"
+_KEY_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 PROVIDER_KINDS = ("openai", "anthropic", "azure_openai", "ollama", "gemini", "offline")
 # Where each vendor's API lives when base_url is not given; openai-compatible
@@ -91,6 +96,18 @@ class ServerConfig:
     event_loop: str = "uvloop"
     """The asyncio event loop `aiproc serve` runs on: "uvloop" (libuv; measured about 1.3x
     the tasks per second of the standard loop, see bench/) or "asyncio". Default "uvloop"."""
+    tls_cert_file: str = ""
+    """PEM certificate chain the server presents; with tls_key_file it turns TLS on.
+    Default: none (plaintext, allowed only on loopback unless allow_insecure)."""
+    tls_key_file: str = ""
+    """PEM private key of tls_cert_file, unencrypted (readable by the server's user only)."""
+    tls_client_ca_file: str = ""
+    """PEM CA certificate(s) that sign client certificates. When set, every connection must
+    present a client certificate they signed (mutual TLS), and the certificate's identity is
+    the caller's tenant (see [auth] admin_identities). Default: none."""
+    allow_insecure: bool = False
+    """Serve a non-loopback address without TLS or without authentication anyway (logs a
+    warning). Default false: such a config is refused at start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +285,8 @@ class TenantQuota:
 
 @dataclass(frozen=True, slots=True)
 class QuotasConfig:
-    """Per-tenant limits. A tenant is a caller identity: the aiproc-client-id a caller sends.
+    """Per-tenant limits. A tenant is a caller identity: its API key's or certificate's
+    tenant, or in open mode the aiproc-client-id it sends.
 
     Whatever the quotas, tenants take turns within a priority level (fair
     queuing), so one tenant's backlog delays another's task by at most one
@@ -290,6 +308,39 @@ class QuotasConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKeyConfig:
+    """One API key: a caller that sends its token acts as `tenant` with `role`.
+
+    Only the token's hash is configured. A fast hash is right here, unlike for passwords:
+    a token is 256 random bits, so there is no dictionary to try and no brute force that
+    a slow hash would meaningfully slow down; SHA-256 keeps the check to a microsecond.
+    """
+
+    name: str
+    """A label for logs and for revoking the key (never the key itself); unique."""
+    tenant: str
+    """The client identity the caller acts as: it sees only this tenant's tasks."""
+    hash: str
+    """The token's SHA-256 as "sha256:" and 64 lowercase hex digits, as `aiproc keys create`
+    prints it."""
+    role: str = "client"
+    """client (its own tenant's tasks) or admin (also Stats, WatchEvents, and any tenant
+    named in aiproc-client-id). Default client."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Who may call. With no api_keys and no server.tls_client_ca_file the server is open:
+    every caller is an admin acting as the tenant its aiproc-client-id names."""
+
+    api_keys: tuple[ApiKeyConfig, ...] = ()
+    """Bearer tokens the server accepts ([[auth.api_keys]] tables)."""
+    admin_identities: tuple[str, ...] = ()
+    """Client-certificate identities (with mutual TLS) that are admins; every other
+    certificate is a client of the tenant its identity names."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = ServerConfig()
     processor: ProcessorConfig = ProcessorConfig()
@@ -299,6 +350,7 @@ class Config:
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     health: HealthConfig = HealthConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    auth: AuthConfig = AuthConfig()
     log_level: str = "INFO"
 
 
@@ -387,6 +439,27 @@ def _build(cls: type[_T], section: str, raw: Mapping[str, Any], base: _T | None 
         raise ConfigError(f"{section}.{missing[0] if missing else '?'}", "required") from exc
 
 
+def _build_auth(raw: object) -> AuthConfig:
+    """[auth]: an array of [[auth.api_keys]] tables and a list of admin identities."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("auth", f"expected a table, got {raw!r}")
+    for key in raw:
+        if key not in ("api_keys", "admin_identities"):
+            raise ConfigError(f"auth.{key}", "unknown field")
+    keys_raw = raw.get("api_keys", [])
+    if not isinstance(keys_raw, list):
+        raise ConfigError("auth.api_keys", "expected an array of tables ([[auth.api_keys]])")
+    identities = raw.get("admin_identities", [])
+    if not isinstance(identities, list) or not all(isinstance(i, str) for i in identities):
+        raise ConfigError("auth.admin_identities", "expected a list of strings")
+    return AuthConfig(
+        api_keys=tuple(
+            _build(ApiKeyConfig, f"auth.api_keys[{i}]", entry) for i, entry in enumerate(keys_raw)
+        ),
+        admin_identities=tuple(identities),
+    )
+
+
 def _validate_server(cfg: ServerConfig) -> None:
     host, sep, port = cfg.listen.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
@@ -415,6 +488,95 @@ def _validate_server(cfg: ServerConfig) -> None:
         raise ConfigError("server.result_ttl", "must be positive")
     if cfg.max_content_bytes <= 0:
         raise ConfigError("server.max_content_bytes", "must be positive")
+    if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
+        missing = "tls_key_file" if cfg.tls_cert_file else "tls_cert_file"
+        raise ConfigError(f"server.{missing}", "TLS needs both tls_cert_file and tls_key_file")
+    if cfg.tls_client_ca_file and not cfg.tls_cert_file:
+        raise ConfigError(
+            "server.tls_client_ca_file",
+            "mutual TLS needs TLS: set tls_cert_file and tls_key_file too",
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (of a listen address) reaches this machine only: localhost, 127.0.0.0/8
+    or ::1. Any other name may resolve to a public address, so it counts as exposed."""
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_risks(config: Config) -> list[str]:
+    """What a server listening beyond loopback would lack: TLS, authentication, or both."""
+    if is_loopback(config.server.listen.rpartition(":")[0]):
+        return []
+    risks = []
+    if not config.server.tls_cert_file:
+        risks.append(
+            "no TLS (server.tls_cert_file, tls_key_file), so traffic and tokens are"
+            " readable on the network"
+        )
+    if not config.auth.api_keys and not config.server.tls_client_ca_file:
+        risks.append(
+            "no authentication ([[auth.api_keys]] or server.tls_client_ca_file), so"
+            " any caller acts as an admin"
+        )
+    return risks
+
+
+def _validate_exposure(config: Config) -> None:
+    risks = exposure_risks(config)
+    if risks and not config.server.allow_insecure:
+        raise ConfigError(
+            "server.listen",
+            f"{config.server.listen} is not a loopback address and the server has "
+            + " and ".join(risks)
+            + "; configure them, or set server.allow_insecure = true to serve it anyway",
+        )
+
+
+def validate_api_key(key: ApiKeyConfig, where: str) -> None:
+    """Raises ConfigError (field `{where}.<name>`) for a malformed [[auth.api_keys]] entry."""
+    if not TENANT_RE.match(key.tenant):
+        raise ConfigError(f"{where}.tenant", f"must be {TENANT_RULE}")
+    if key.role not in ROLES:
+        raise ConfigError(f"{where}.role", f"unknown role {key.role!r}; known: client, admin")
+    if not _KEY_HASH_RE.match(key.hash):
+        raise ConfigError(
+            f"{where}.hash",
+            "expected 'sha256:' and 64 lowercase hex digits, as `aiproc keys create` prints"
+            " (never the token itself)",
+        )
+    if not _NAME_RE.match(key.name):
+        raise ConfigError(
+            f"{where}.name", "must be 1-64 letters, digits, '.', '_' or '-', starting alphanumeric"
+        )
+
+
+def _validate_auth(cfg: AuthConfig, server: ServerConfig) -> None:
+    names: set[str] = set()
+    hashes: set[str] = set()
+    for index, key in enumerate(cfg.api_keys):
+        where = f"auth.api_keys[{index}]"
+        validate_api_key(key, where)
+        if key.name in names:
+            raise ConfigError(f"{where}.name", f"duplicate name {key.name!r}")
+        names.add(key.name)
+        if key.hash in hashes:
+            raise ConfigError(f"{where}.hash", "duplicate: another entry has the same key")
+        hashes.add(key.hash)
+    if cfg.admin_identities and not server.tls_client_ca_file:
+        raise ConfigError(
+            "auth.admin_identities",
+            "needs server.tls_client_ca_file: only client certificates carry these identities",
+        )
+    for index, identity in enumerate(cfg.admin_identities):
+        if not TENANT_RE.match(identity):
+            raise ConfigError(f"auth.admin_identities[{index}]", f"must be {TENANT_RULE}")
 
 
 def _validate_processor(cfg: ProcessorConfig) -> None:
@@ -584,6 +746,7 @@ def load_config(
         "circuit_breaker",
         "health",
         "telemetry",
+        "auth",
     }
     unknown = set(raw) - known_sections - {"log_level"}
     if unknown:
@@ -611,6 +774,10 @@ def load_config(
         _build(ProviderConfig, f"providers[{i}]", entry) for i, entry in enumerate(providers_raw)
     )
     quotas = _quotas(raw.get("quotas", {}), env, overrides)
+    for key in env:
+        if key.startswith("AIPROC_AUTH_"):
+            raise ConfigError(key, "[auth] is read from the config file only")
+    auth = _build_auth(raw.get("auth", {}))
     log_level = str(env.get("AIPROC_LOG_LEVEL", raw.get("log_level", "INFO"))).upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level", f"expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
@@ -624,6 +791,7 @@ def load_config(
         circuit_breaker=sections["circuit_breaker"],
         health=sections["health"],
         telemetry=sections["telemetry"],
+        auth=auth,
         log_level=log_level,
     )
     validate(config)
@@ -654,8 +822,8 @@ def _validate_quotas(cfg: QuotasConfig) -> None:
     seen: set[str] = set()
     for index, quota in enumerate(cfg.tenants):
         where = f"quotas.tenants[{index}]"
-        if not _TENANT_RE.match(quota.tenant):
-            raise ConfigError(f"{where}.tenant", "1-128 letters, digits, '.', '_' or '-'")
+        if not TENANT_RE.match(quota.tenant):
+            raise ConfigError(f"{where}.tenant", TENANT_RULE)
         if quota.tenant in seen:
             raise ConfigError(f"{where}.tenant", f"duplicate tenant {quota.tenant!r}")
         seen.add(quota.tenant)
@@ -672,6 +840,8 @@ def validate(config: Config) -> None:
     _validate_health(config.health)
     _validate_telemetry(config.telemetry)
     _validate_quotas(config.quotas)
+    _validate_auth(config.auth, config.server)
+    _validate_exposure(config)
     seen: set[str] = set()
     for index, provider in enumerate(config.providers):
         _validate_provider(index, provider)

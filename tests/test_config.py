@@ -164,3 +164,98 @@ def test_missing_file_and_bad_toml_are_reported(tmp_path: Path) -> None:
 )
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text, "f") == pytest.approx(seconds)
+
+
+KEY_HASH = "sha256:" + "ab" * 32
+OTHER_HASH = "sha256:" + "cd" * 32
+
+
+def key_entry(
+    name: str = "app", tenant: str = "billing", hash_: str = KEY_HASH, **more: str
+) -> str:
+    extra = "".join(f"{field} = {value!r}\n" for field, value in more.items())
+    return f"[[auth.api_keys]]\nname = {name!r}\ntenant = {tenant!r}\nhash = {hash_!r}\n{extra}"
+
+
+def test_api_keys_and_tls_settings_load(tmp_path: Path) -> None:
+    text = (
+        "[server]\nlisten = '0.0.0.0:50051'\ntls_cert_file = 'server.crt'\n"
+        "tls_key_file = 'server.key'\ntls_client_ca_file = 'clients.pem'\n"
+        "[auth]\nadmin_identities = ['ops-box']\n"
+        + key_entry()
+        + key_entry("ops", "ops", OTHER_HASH, role="admin")
+    )
+    config = load_config(write(tmp_path, text), env={"AIPROC_SERVER_ALLOW_INSECURE": "false"})
+    assert [(k.name, k.tenant, k.role) for k in config.auth.api_keys] == [
+        ("app", "billing", "client"),  # role defaults to the least privilege
+        ("ops", "ops", "admin"),
+    ]
+    assert config.auth.admin_identities == ("ops-box",)
+    assert config.server.tls_client_ca_file == "clients.pem"
+    assert config.server.allow_insecure is False
+
+
+@pytest.mark.parametrize(
+    ("toml", "field"),
+    [
+        (key_entry(role="root"), "auth.api_keys[0].role"),
+        (key_entry(hash_="sha256:xyz"), "auth.api_keys[0].hash"),
+        (key_entry(hash_="aiproc_" + "a" * 43), "auth.api_keys[0].hash"),
+        (key_entry(hash_="sha256:" + "AB" * 32), "auth.api_keys[0].hash"),
+        (key_entry(tenant="two words"), "auth.api_keys[0].tenant"),
+        (key_entry(tenant=""), "auth.api_keys[0].tenant"),
+        (key_entry(name="-x"), "auth.api_keys[0].name"),
+        (key_entry() + key_entry("other"), "auth.api_keys[1].hash"),
+        (key_entry() + key_entry(hash_=OTHER_HASH), "auth.api_keys[1].name"),
+        ("[[auth.api_keys]]\nname = 'a'\ntenant = 't'", "auth.api_keys[0].hash"),
+        (key_entry(secret="x"), "auth.api_keys[0].secret"),
+        ("[auth]\napi_keys = 'x'", "auth.api_keys"),
+        ("[auth]\nadmin_identities = 'ops'", "auth.admin_identities"),
+        ("[auth]\nusers = []", "auth.users"),
+        ("[auth]\nadmin_identities = ['ops']", "auth.admin_identities"),
+        (
+            "[server]\ntls_cert_file = 'c'\ntls_key_file = 'k'\ntls_client_ca_file = 'ca'\n"
+            "[auth]\nadmin_identities = ['ops box']",
+            "auth.admin_identities[0]",
+        ),
+        ("[server]\ntls_cert_file = 'c'", "server.tls_key_file"),
+        ("[server]\ntls_key_file = 'k'", "server.tls_cert_file"),
+        ("[server]\ntls_client_ca_file = 'ca'", "server.tls_client_ca_file"),
+    ],
+)
+def test_invalid_auth_config_names_the_field(tmp_path: Path, toml: str, field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, toml), env={})
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"invalid config: {field}:")
+
+
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1:1", "127.3.4.5:1", "localhost:1", "[::1]:1", "LOCALHOST:0"]
+)
+def test_loopback_may_serve_plaintext_without_auth(listen: str) -> None:
+    assert load_config(env={}, overrides={"server": {"listen": listen}}).server.listen == listen
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:50051", "[::]:50051", "10.1.2.3:1", "aiproc:1"])
+def test_beyond_loopback_plaintext_or_no_auth_is_refused(listen: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={}, overrides={"server": {"listen": listen}})
+    assert caught.value.field == "server.listen"
+    assert "no TLS" in caught.value.reason
+    assert "no authentication" in caught.value.reason
+    assert "allow_insecure = true" in caught.value.reason
+    # TLS alone is not enough: anyone could still act as an admin.
+    tls = {"listen": listen, "tls_cert_file": "c", "tls_key_file": "k"}
+    with pytest.raises(ConfigError, match="no authentication") as caught:
+        load_config(env={}, overrides={"server": tls})
+    assert "no TLS" not in caught.value.reason
+    mutual = {**tls, "tls_client_ca_file": "ca"}
+    assert load_config(env={}, overrides={"server": mutual}).server.listen == listen
+    insecure = {"listen": listen, "allow_insecure": True}
+    assert load_config(env={}, overrides={"server": insecure}).server.allow_insecure
+
+
+def test_auth_comes_from_the_file_only() -> None:
+    with pytest.raises(ConfigError, match=r"AIPROC_AUTH_API_KEYS: \[auth\] is read from"):
+        load_config(env={"AIPROC_AUTH_API_KEYS": "x"})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator, Iterable, Iterator
 
 import grpc
@@ -17,30 +16,19 @@ from aiproc.server.core.errors import AiprocError, InvalidArgument, NotFound
 from aiproc.server.core.hub import Subscription
 from aiproc.server.core.models import TaskResult
 from aiproc.server.core.processor import Processor
+from aiproc.server.security.caller import current_caller
 from aiproc.server.telemetry.propagation import context_from_metadata
 from aiproc.v1 import processor_service_pb2 as pb
 from aiproc.v1 import processor_service_pb2_grpc as pb_grpc
 
-CLIENT_ID_HEADER = "aiproc-client-id"
-DEFAULT_CLIENT_ID = "default"
 MAX_IDS_PER_MESSAGE = 10_000
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 10_000
-_CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
-def client_id_of(context: Context) -> str:
-    """The caller's identity from request metadata; "default" when absent."""
-    for key, value in context.invocation_metadata() or ():
-        if key == CLIENT_ID_HEADER:
-            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-            if not _CLIENT_ID_RE.match(text):
-                raise InvalidArgument(
-                    f"metadata {CLIENT_ID_HEADER}",
-                    "1-128 letters, digits, '.', '_' or '-'",
-                )
-            return text
-    return DEFAULT_CLIENT_ID
+def tenant() -> str:
+    """The tenant of the RPC being served, as the auth interceptor resolved it."""
+    return current_caller().tenant
 
 
 class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
@@ -59,7 +47,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
     async def QueueTask(
         self, request: pb.QueueTaskRequest, context: Context
     ) -> pb.QueueTaskResponse:
-        client_id = client_id_of(context)
+        client_id = tenant()
         try:
             spec = convert.spec_from_pb(request, self._max_content_bytes)
         except InvalidArgument:
@@ -73,7 +61,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
     @unary_rpc
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
         task_id = convert.task_id_from_pb(request.task_id)
-        task = await self._processor.get(client_id_of(context), task_id)
+        task = await self._processor.get(tenant(), task_id)
         return pb.GetTaskResponse(task=convert.task_pb_from(task))
 
     @unary_rpc
@@ -81,7 +69,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         self, request: pb.CancelTaskRequest, context: Context
     ) -> pb.CancelTaskResponse:
         task_id = convert.task_id_from_pb(request.task_id)
-        state = await self._processor.cancel(client_id_of(context), task_id)
+        state = await self._processor.cancel(tenant(), task_id)
         return pb.CancelTaskResponse(state=convert.state_pb(state))
 
     @unary_rpc
@@ -92,7 +80,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         if limit > MAX_LIST_LIMIT:
             raise InvalidArgument("limit", f"at most {MAX_LIST_LIMIT}")
         state = convert.state_from_pb(request.state, "state")
-        tasks = await self._processor.list_tasks(client_id_of(context), state, limit)
+        tasks = await self._processor.list_tasks(tenant(), state, limit)
         return pb.ListTasksResponse(tasks=[convert.task_pb_from(task) for task in tasks])
 
     @unary_rpc
@@ -100,7 +88,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         self, request: pb.RequeueTaskRequest, context: Context
     ) -> pb.RequeueTaskResponse:
         task_id = convert.task_id_from_pb(request.task_id)
-        state = await self._processor.requeue(client_id_of(context), task_id)
+        state = await self._processor.requeue(tenant(), task_id)
         return pb.RequeueTaskResponse(state=convert.state_pb(state))
 
     @unary_rpc
@@ -149,10 +137,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
                 "result streaming is disabled on this server (processor.stream_results = false);"
                 " read results with GetTask",
             )
-        try:
-            client_id = client_id_of(context)
-        except AiprocError as exc:
-            await abort_with(context, exc)
+        client_id = tenant()
         span = self._stream_span("StreamResults", context)
         subscription = self._processor.hub.open(client_id)
         failure: list[AiprocError] = []

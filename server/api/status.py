@@ -16,9 +16,11 @@ from aiproc.server.core.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     QueueFull,
     ShuttingDown,
     StoreError,
+    Unauthenticated,
 )
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,8 @@ STATUS_BY_ERROR: tuple[tuple[type[AiprocError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     # The store refuses writes after a failed commit: this replica cannot take

@@ -7,7 +7,13 @@ import os
 import sys
 from collections.abc import Mapping
 
-from aiproc.client import AiprocClientError, AsyncClient, Unavailable
+from aiproc.client import (
+    AiprocClientError,
+    AsyncClient,
+    AuthenticationError,
+    PermissionDeniedError,
+    Unavailable,
+)
 from aiproc.client.async_client import DEFAULT_TARGET
 
 DEFAULT_TIMEOUT = 10.0
@@ -21,6 +27,17 @@ EXIT_USAGE = 2
 # What grpc core says when it never reached the server (as opposed to a server
 # that answered UNAVAILABLE itself, e.g. while shutting down).
 _CONNECT_FAILURES = ("failed to connect", "dns resolution failed", "connection refused")
+# What grpc core says when a TLS handshake fails, and what to tell the user instead.
+_TLS_FAILURES = (
+    ("certificate_verify_failed", "the server's certificate is not signed by a CA we trust (--ca)"),
+    ("hostname verification", "the server's certificate does not name the host in --server"),
+    ("wrong_version_number", "the server does not speak TLS (drop --tls, --ca, --cert, --key)"),
+    (
+        "socket closed",
+        "the server closed the connection: if it uses TLS, pass --ca (and --cert"
+        " with --key for mutual TLS)",
+    ),
+)
 
 
 class CliError(Exception):
@@ -55,7 +72,8 @@ def non_negative_int(text: str) -> int:
 
 
 def connection_options(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
-    """A parent parser with --server, --client-id and --timeout."""
+    """A parent parser with --server, --client-id, --timeout, and the credentials: --token,
+    --tls, --ca, --cert and --key."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("connection")
     group.add_argument(
@@ -77,6 +95,38 @@ def connection_options(env: Mapping[str, str] = os.environ) -> argparse.Argument
         default=None,
         help=f"deadline of each call (default {DEFAULT_TIMEOUT:g})",
     )
+    group.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=env.get("AIPROC_TOKEN") or None,
+        help="API key sent as 'authorization: Bearer' (env AIPROC_TOKEN, which keeps it out"
+        " of the process list)",
+    )
+    group.add_argument(
+        "--tls",
+        action="store_true",
+        default=env.get("AIPROC_TLS", "").lower() in ("1", "true"),
+        help="connect over TLS, trusting the system's CAs (env AIPROC_TLS=1); implied by --ca,"
+        " --cert and --key",
+    )
+    group.add_argument(
+        "--ca",
+        metavar="FILE",
+        default=env.get("AIPROC_CA") or None,
+        help="PEM CA certificate(s) to trust for the server's certificate (env AIPROC_CA)",
+    )
+    group.add_argument(
+        "--cert",
+        metavar="FILE",
+        default=env.get("AIPROC_CERT") or None,
+        help="PEM client certificate, for mutual TLS; with --key (env AIPROC_CERT)",
+    )
+    group.add_argument(
+        "--key",
+        metavar="FILE",
+        default=env.get("AIPROC_KEY") or None,
+        help="PEM private key of --cert (env AIPROC_KEY)",
+    )
     return parent
 
 
@@ -90,17 +140,37 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 
 def client_from(args: argparse.Namespace) -> AsyncClient:
     """The client the connection options describe; create it inside the event loop."""
-    return AsyncClient(
-        args.server, client_id=args.client_id, timeout=args.timeout or DEFAULT_TIMEOUT
-    )
+    try:
+        return AsyncClient(
+            args.server,
+            client_id=args.client_id,
+            token=args.token,
+            tls=args.tls,
+            ca=args.ca,
+            cert=args.cert,
+            key=args.key,
+            timeout=args.timeout or DEFAULT_TIMEOUT,
+        )
+    except OSError as exc:
+        raise CliError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    except ValueError as exc:  # e.g. --cert without --key; never repeats a token
+        raise CliError(str(exc)) from None
 
 
 def describe(error: AiprocClientError, server: str) -> str:
     """One line saying what went wrong with a call, for people."""
+    message = error.message.lower()
     if isinstance(error, Unavailable) and (
-        not error.message or any(part in error.message.lower() for part in _CONNECT_FAILURES)
+        not message or any(part in message for part in _CONNECT_FAILURES)
     ):
+        for symptom, meaning in _TLS_FAILURES:
+            if symptom in message:
+                return f"cannot reach server at {server}: {meaning} (UNAVAILABLE)"
         return f"cannot reach server at {server} (UNAVAILABLE)"
+    if isinstance(error, AuthenticationError):
+        return f"not authenticated: {error.message} (pass --token or set AIPROC_TOKEN)"
+    if isinstance(error, PermissionDeniedError):
+        return f"permission denied: {error.message}"
     return str(error)
 
 

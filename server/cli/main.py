@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from aiproc.client import AiprocClientError
-from aiproc.server.cli import batch, events, info, serve, submit, tasks
+from aiproc.server.cli import batch, events, info, keys, serve, submit, tasks
 from aiproc.server.cli.common import EXIT_FAILURE, EXIT_USAGE, CliError, describe
 
 EXIT_INTERRUPTED = 130
@@ -35,6 +35,7 @@ def build_parser(env: Mapping[str, str] = os.environ) -> argparse.ArgumentParser
     info.add_parsers(commands, env)
     tasks.add_parser(commands, env)
     events.add_parser(commands, env)
+    keys.add_parser(commands)
     return parser
 
 

@@ -97,6 +97,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CliError(str(exc), EXIT_USAGE) from None
     try:
         run_loop(config.server.event_loop, serve(config))
+    except ConfigError as exc:  # e.g. a TLS file that cannot be read, found at start
+        raise CliError(str(exc), EXIT_USAGE) from None
     except (OSError, StoreError) as exc:
         # E.g. the address is in use or not ours to bind, or the Redis store does not
         # answer: one line, not a traceback.

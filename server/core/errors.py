@@ -4,7 +4,9 @@
     ├── RequestError                 the caller's fault, raised before work starts
     │   ├── InvalidArgument(field)   a field is missing or malformed
     │   ├── NotFound                 no such task for this caller
-    │   └── FailedPrecondition       the task's state forbids the operation
+    │   ├── FailedPrecondition       the task's state forbids the operation
+    │   ├── Unauthenticated          no credentials, or credentials nobody issued
+    │   └── PermissionDenied         a known caller asked for what its role forbids
     ├── QueueFull                    the bounded queue has no room
     ├── ShuttingDown                 the server no longer accepts work
     ├── StoreError                   the store cannot be read or written
@@ -45,6 +47,15 @@ class NotFound(RequestError):
 
 class FailedPrecondition(RequestError):
     pass
+
+
+class Unauthenticated(RequestError):
+    """The call carries no credentials, or ones that name no caller; the message never
+    repeats what the caller sent."""
+
+
+class PermissionDenied(RequestError):
+    """The caller is known, but its role or tenant does not allow the operation."""
 
 
 class QueueFull(AiprocError):

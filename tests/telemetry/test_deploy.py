@@ -105,6 +105,16 @@ def test_the_ports_are_published_on_the_host(services: dict[str, Any]) -> None:
     assert published(services["jaeger"]) == {4317: 4317, 4318: 4318, 16686: 16686}
 
 
+def test_a_plaintext_unauthenticated_aiproc_is_published_on_loopback_only(
+    services: dict[str, Any],
+) -> None:
+    # Inside its container aiproc must listen beyond loopback, which it refuses without TLS
+    # and keys unless told; the demo says so, and keeps the port on the host's loopback.
+    aiproc = services["aiproc"]
+    assert environment(aiproc)["AIPROC_SERVER_ALLOW_INSECURE"] == "true"
+    assert [str(port) for port in aiproc["ports"]] == ["127.0.0.1:50051:50051"]
+
+
 def test_aiproc_listens_on_all_interfaces_at_the_published_port() -> None:
     # The compose file relies on the image's default command.
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
