@@ -16,7 +16,7 @@ from aiproc.server.core.errors import AiprocError, InvalidArgument, NotFound
 from aiproc.server.core.hub import Subscription
 from aiproc.server.core.models import TaskResult
 from aiproc.server.core.processor import Processor
-from aiproc.server.security.caller import current_caller
+from aiproc.server.security.caller import Role, current_caller
 from aiproc.server.telemetry.propagation import context_from_metadata
 from aiproc.v1 import processor_service_pb2 as pb
 from aiproc.v1 import processor_service_pb2_grpc as pb_grpc
@@ -51,7 +51,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         try:
             spec = convert.spec_from_pb(request, self._max_content_bytes)
         except InvalidArgument:
-            self._processor.counters.rejected += 1
+            self._processor.count_rejected(client_id)
             raise
         task, deduplicated = await self._processor.submit(client_id, spec)
         return pb.QueueTaskResponse(
@@ -93,7 +93,10 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
 
     @unary_rpc
     async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.StatsResponse:
-        return convert.stats_pb(self._processor.stats())
+        caller = current_caller()
+        if caller.role is Role.ADMIN:
+            return convert.stats_pb(self._processor.stats())
+        return convert.stats_pb(await self._processor.tenant_stats(caller.tenant))
 
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: Context

@@ -268,6 +268,11 @@ class RedisStore:
         queued.sequence = int(reply[1])
         return queued, True
 
+    async def waiting_of(self, client_id: str) -> int:
+        """Tasks of `client_id` waiting in the queue now."""
+        count = await self.client.hget(self.keys.tenant_waiting, client_id)
+        return int(count or 0)
+
     async def claim(self, n: int, lease_seconds: float) -> list[str]:
         """Takes up to `n` waiting task ids, highest priority and oldest first, leased to
         this replica for `lease_seconds` (renew() keeps them; reclaim() ends them)."""

@@ -78,6 +78,9 @@ class RedisWorkQueue:
     def depths(self) -> dict[str, int]:
         return {priority.name.lower(): n for priority, n in self._depths.items()}
 
+    async def waiting_of(self, tenant: str) -> int:
+        return await self._store.waiting_of(tenant)
+
     def wake(self) -> None:
         """Called by the bus when a task became waiting somewhere."""
         self._woken.set()

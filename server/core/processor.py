@@ -37,7 +37,7 @@ from aiproc.server.core.models import (
 from aiproc.server.core.provider_pool import build_slots
 from aiproc.server.core.queue import QueueClosed
 from aiproc.server.core.runner import TaskRunner
-from aiproc.server.core.stats import Counters, LatencyWindow, ProcessorStats
+from aiproc.server.core.stats import Counters, LatencySummary, LatencyWindow, ProcessorStats
 from aiproc.server.core.workers import WorkerPool
 from aiproc.server.providers.base import Provider
 from aiproc.server.resilience.clock import Clock, SystemClock
@@ -77,6 +77,9 @@ class Processor:
     ) -> None:
         self.config = config.processor
         self._idempotency_window = config.server.idempotency_window
+        self._quotas = config.quotas
+        self.tenant_counters: dict[str, Counters] = {}
+        """Each tenant's share of `counters` (the task outcomes and refusals only)."""
         self._tracer = telemetry.tracer if telemetry is not None else NoOpTracer()
         self.store = store = backend.store
         self.queue = backend.queue
@@ -147,7 +150,7 @@ class Processor:
     async def submit(self, client_id: str, spec: TaskSpec) -> tuple[Task, bool]:
         """Queues a task; returns it and whether it was an idempotent repeat."""
         if not self._accepting:
-            self.counters.rejected += 1
+            self.count_rejected(client_id)
             raise ShuttingDown("the server is shutting down and accepts no new tasks")
         if spec.idempotency_key:
             earlier = await self.store.find_idempotent(client_id, spec.idempotency_key)
@@ -164,14 +167,14 @@ class Processor:
         try:
             task, created = await self.queue.admit(task)
         except QueueFull:
-            self.counters.rejected += 1
+            self.count_rejected(client_id)
             raise
         except QueueClosed as exc:
-            self.counters.rejected += 1
+            self.count_rejected(client_id)
             raise ShuttingDown("the server is shutting down and accepts no new tasks") from exc
         if not created:
             return task, True  # another replica queued it with this key a moment ago
-        self.counters.queued += 1
+        self._tally(client_id, "queued")
         self._publish(
             ProgressEvent(task.task_id, client_id, ProgressKind.QUEUED, at=task.created_at)
         )
@@ -309,13 +312,13 @@ class Processor:
             processing=result.processing_time if task.started_at is not None else None,
         )
         if result.state is TaskState.SUCCEEDED:
-            self.counters.completed += 1
+            self._tally(task.client_id, "completed")
         elif result.state is TaskState.CANCELLED:
-            self.counters.cancelled += 1
+            self._tally(task.client_id, "cancelled")
         else:
-            self.counters.failed += 1
+            self._tally(task.client_id, "failed")
             if result.error is not None and result.error.code is ErrorCode.TIMEOUT:
-                self.counters.timed_out += 1
+                self._tally(task.client_id, "timed_out")
         self._publish(kept)
         return True
 
@@ -380,7 +383,7 @@ class Processor:
         if requeued is None:
             raise NotFound(f"task {task_id} not found")
         self.hub.acknowledged(client_id, (task_id,))
-        self.counters.queued += 1
+        self._tally(task.client_id, "queued")
         return requeued.state
 
     async def list_tasks(self, client_id: str, state: TaskState | None, limit: int) -> list[Task]:
@@ -415,6 +418,40 @@ class Processor:
             expired = await self.store.expire(self.clock.wall())
             if expired:
                 log.info("expired %d finished tasks past their retention", expired)
+
+    def count_rejected(self, tenant: str) -> None:
+        """Counts a QueueTask of `tenant` that was refused (full, invalid, shutting down)."""
+        self._tally(tenant, "rejected")
+
+    def _tally(self, tenant: str, counter: str) -> None:
+        """Adds one to `counter` of the totals and of `tenant`'s own."""
+        own = self.tenant_counters.get(tenant)
+        if own is None:
+            own = self.tenant_counters[tenant] = Counters()
+        setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+        setattr(own, counter, getattr(own, counter) + 1)
+
+    async def tenant_stats(self, tenant: str) -> ProcessorStats:
+        """What `tenant` may see of the server: its own waiting tasks, its quota, its
+        counters; nothing of other tenants, the workers or the providers."""
+        limit = self._quotas.max_queued(tenant)
+        capacity = self.queue.capacity
+        return ProcessorStats(
+            queue_size=await self.queue.waiting_of(tenant),
+            queue_capacity=min(limit, capacity) if limit else capacity,
+            queue_depths={},
+            active_workers=0,
+            total_workers=0,
+            is_running=self._accepting,
+            counters=replace(self.tenant_counters.get(tenant) or Counters()),
+            queue_latency=LatencySummary(),
+            processing_latency=LatencySummary(),
+            providers=[],
+            event_counts={},
+            subscribers=0,
+            undelivered_results=0,
+            started_at=self._started_at,
+        )
 
     def stats(self) -> ProcessorStats:
         now = self.clock.monotonic()

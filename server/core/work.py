@@ -41,6 +41,10 @@ class WorkQueue(Protocol):
         """Waiting tasks per priority name; safe to call from another thread."""
         ...
 
+    async def waiting_of(self, tenant: str) -> int:
+        """Tasks of `tenant` waiting now."""
+        ...
+
     async def start(self, dead_letter: DeadLetter) -> None:
         """Makes every accepted, unfinished task runnable again (after a crash, or on another
         replica's death); a task that crashed too often goes to `dead_letter` instead."""
@@ -113,6 +117,9 @@ class LocalWorkQueue:
 
     def depths(self) -> dict[str, int]:
         return self._queue.depths()
+
+    async def waiting_of(self, tenant: str) -> int:
+        return self._queue.waiting_of(tenant)
 
     async def start(self, dead_letter: DeadLetter) -> None:
         """Rebuilds the queue from the store's live tasks, in acceptance order.

@@ -8,12 +8,12 @@ from aiproc.server.security.caller import Caller, Role
 SERVICE = "aiproc.v1.ProcessorService"
 
 CLIENT_METHODS = frozenset(
-    {"QueueTask", "GetTask", "CancelTask", "ListTasks", "RequeueTask", "StreamResults"}
+    {"QueueTask", "GetTask", "CancelTask", "ListTasks", "RequeueTask", "StreamResults", "Stats"}
 )
-"""What a client may call: all of it scoped to the client's own tenant by the processor."""
+"""What a client may call: all of it scoped to the client's own tenant by the processor
+(Stats answers a client with its own tenant's figures only)."""
 
 ADMIN_METHODS = {
-    "Stats": "it reports every tenant's work and the providers' state",
     "WatchEvents": "provider events concern every tenant",
 }
 """Methods for admins only, with why (said in the PERMISSION_DENIED message)."""

@@ -14,6 +14,7 @@ from aiproc.v1 import processor_service_pb2 as pb
 from aiproc.v1 import processor_service_pb2_grpc as pb_grpc
 from tests.api.test_server import queue_request
 from tests.redis_support import REDIS_URL
+from tests.security.support import config_with, make_key
 from tests.support import GatedProvider, ServerFactory, make_config
 
 Connect = Callable[[AiprocServer], "pb_grpc.ProcessorServiceAsyncStub"]
@@ -86,3 +87,29 @@ async def test_a_tenant_at_its_quota_is_refused_while_others_are_admitted(
     await queue_as(stub, "a", "a-3")
     stats = await stub.Stats(pb.StatsRequest(), timeout=5)
     assert stats.counters.rejected >= 1
+
+
+async def test_a_clients_stats_show_its_own_waiting_tasks_against_its_quota(
+    store: StoreSettings, start_server: ServerFactory, channel_to: Connect
+) -> None:
+    alice, bob = make_key("alice-app", "alice"), make_key("bob-app", "bob")
+    provider = GatedProvider()
+    config = config_with(
+        [alice, bob],
+        server=dict(store),
+        processor={"num_workers": 1},
+        quotas={"max_queued_per_tenant": 5},
+    )
+    stub = channel_to(await start_server(config, providers=[provider]))
+    await stub.QueueTask(queue_request(), metadata=bob.metadata, timeout=5)
+    await provider.wait_calls(1)  # bob's first task runs; the rest wait
+    for _ in range(3):
+        await stub.QueueTask(queue_request(), metadata=alice.metadata, timeout=5)
+    await stub.QueueTask(queue_request(), metadata=bob.metadata, timeout=5)
+
+    alices = await stub.Stats(pb.StatsRequest(), timeout=5, metadata=alice.metadata)
+    bobs = await stub.Stats(pb.StatsRequest(), timeout=5, metadata=bob.metadata)
+
+    assert (alices.queue_size, alices.queue_capacity, alices.counters.queued) == (3, 5, 3)
+    assert (bobs.queue_size, bobs.counters.queued) == (1, 2)
+    provider.gate.set()

@@ -144,13 +144,20 @@ async def test_each_role_gets_what_it_may(
     queued = await stub.QueueTask(queue_request(), metadata=ALICE.metadata, timeout=5)
     listed = await stub.ListTasks(pb.ListTasksRequest(), metadata=ALICE.metadata, timeout=5)
     assert [t.task_id for t in listed.tasks] == [queued.task_id]
-    for name in ("Stats", "WatchEvents"):
-        error = await refused(every_call(stub, ALICE.metadata)[name]())
-        assert error.code() == grpc.StatusCode.PERMISSION_DENIED, name
-        assert (error.details() or "").startswith(f"{name} needs role admin"), name
-        assert "role is client" in (error.details() or ""), name
+    error = await refused(every_call(stub, ALICE.metadata)["WatchEvents"]())
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (error.details() or "").startswith("WatchEvents needs role admin")
+    assert "role is client" in (error.details() or "")
+    await stub.QueueTask(queue_request(), metadata=BOB.metadata, timeout=5)
     stats = await stub.Stats(pb.StatsRequest(), metadata=OPS.metadata, timeout=5)
-    assert stats.counters.queued == 1
+    assert stats.counters.queued == 2
+    assert stats.total_workers > 0
+    assert [p.name for p in stats.providers] == ["offline"]
+    # A client's Stats are its own tenant's figures, and nothing of the others or the providers.
+    own = await stub.Stats(pb.StatsRequest(), metadata=ALICE.metadata, timeout=5)
+    assert own.counters.queued == 1
+    assert (own.total_workers, list(own.providers), list(own.event_counts)) == (0, [], [])
+    assert own.queue_capacity == stats.queue_capacity
     events = stub.WatchEvents(pb.WatchEventsRequest(), metadata=OPS.metadata, timeout=5)
     await events.initial_metadata()  # the admin is watching
     events.cancel()

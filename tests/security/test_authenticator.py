@@ -106,7 +106,7 @@ def test_a_client_certificate_names_the_tenant_cn_first_else_its_only_san() -> N
         mtls.caller((), NO_PEER)
 
 
-def test_every_rpc_has_a_role_and_only_admins_get_stats_and_events() -> None:
+def test_every_rpc_has_a_role_and_only_admins_watch_events() -> None:
     methods = set(pb.DESCRIPTOR.services_by_name["ProcessorService"].methods_by_name)
     assert methods == CLIENT_METHODS | set(ADMIN_METHODS)
     assert not CLIENT_METHODS & set(ADMIN_METHODS)
@@ -116,8 +116,8 @@ def test_every_rpc_has_a_role_and_only_admins_get_stats_and_events() -> None:
         authorize(admin, f"/aiproc.v1.ProcessorService/{name}")
     for name in CLIENT_METHODS:
         authorize(client, f"/aiproc.v1.ProcessorService/{name}")
-    with pytest.raises(PermissionDenied, match=r"Stats needs role admin.*role is client"):
-        authorize(client, "/aiproc.v1.ProcessorService/Stats")
+    with pytest.raises(PermissionDenied, match=r"WatchEvents needs role admin.*role is client"):
+        authorize(client, "/aiproc.v1.ProcessorService/WatchEvents")
     with pytest.raises(PermissionDenied, match=r"some\.Other/Method needs role admin"):
         authorize(client, "/some.Other/Method")
 

@@ -87,11 +87,11 @@ def test_credential_failures_are_one_line_without_the_token(
     ca = ("--server", server, "--ca", str(pki.ca_file))
     missing = aiproc("tasks", "list", *ca)
     wrong = aiproc("tasks", "list", *ca, "--token", token[:-4] + "AAAA")
-    denied = aiproc("stats", *ca, "--token", token)
+    denied = aiproc("events", *ca, "--token", token)
     for done, line in (
         (missing, "aiproc: error: not authenticated: missing credentials: send metadata"),
         (wrong, "aiproc: error: not authenticated: invalid credentials"),
-        (denied, "aiproc: error: permission denied: Stats needs role admin"),
+        (denied, "aiproc: error: permission denied: WatchEvents needs role admin"),
     ):
         assert done.returncode == 1
         assert done.stderr.startswith(line), done.stderr

@@ -82,8 +82,11 @@ async def test_mutual_tls_makes_the_certificate_the_caller(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await search.GetTask(pb.GetTaskRequest(task_id=queued.task_id), timeout=5)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    # A certificate's Stats are its own tenant's: search has queued nothing.
+    assert (await search.Stats(pb.StatsRequest(), timeout=5)).counters.queued == 0
+    events = search.WatchEvents(pb.WatchEventsRequest(), timeout=5)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await search.Stats(pb.StatsRequest(), timeout=5)
+        await events.read()
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # The admin certificate acts for the tenant a certificate named.
     stats = await ops.Stats(pb.StatsRequest(), timeout=5)

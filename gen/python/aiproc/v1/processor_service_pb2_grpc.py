@@ -137,7 +137,10 @@ class ProcessorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Stats(self, request, context):
-        """Queue, worker, counter, latency and provider statistics.
+        """Queue, worker, counter, latency and provider statistics. An admin gets the
+        whole server's; a client gets its own tenant's only (queue_size: its tasks
+        waiting, queue_capacity: its quota, counters, is_running, started_at), and
+        the other fields are left empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

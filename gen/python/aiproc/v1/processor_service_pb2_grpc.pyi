@@ -63,7 +63,11 @@ class ProcessorServiceStub:
     delivered like any other.
     """
     Stats: _grpc.UnaryUnaryMultiCallable[_processor_service_pb2.StatsRequest, _processor_service_pb2.StatsResponse]
-    """Queue, worker, counter, latency and provider statistics."""
+    """Queue, worker, counter, latency and provider statistics. An admin gets the
+    whole server's; a client gets its own tenant's only (queue_size: its tasks
+    waiting, queue_capacity: its quota, counters, is_running, started_at), and
+    the other fields are left empty.
+    """
     WatchEvents: _grpc.UnaryStreamMultiCallable[_processor_service_pb2.WatchEventsRequest, _processor_service_pb2.WatchEventsResponse]
     """Streams provider events as they happen: failovers, breakers opening and
     closing, health changes, recoveries, and all providers being down.
@@ -111,7 +115,11 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
     delivered like any other.
     """
     Stats: _aio.UnaryUnaryMultiCallable[_processor_service_pb2.StatsRequest, _processor_service_pb2.StatsResponse]  # type: ignore[assignment]
-    """Queue, worker, counter, latency and provider statistics."""
+    """Queue, worker, counter, latency and provider statistics. An admin gets the
+    whole server's; a client gets its own tenant's only (queue_size: its tasks
+    waiting, queue_capacity: its quota, counters, is_running, started_at), and
+    the other fields are left empty.
+    """
     WatchEvents: _aio.UnaryStreamMultiCallable[_processor_service_pb2.WatchEventsRequest, _processor_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Streams provider events as they happen: failovers, breakers opening and
     closing, health changes, recoveries, and all providers being down.
@@ -186,7 +194,11 @@ class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _processor_service_pb2.StatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_processor_service_pb2.StatsResponse, _abc.Awaitable[_processor_service_pb2.StatsResponse]]:
-        """Queue, worker, counter, latency and provider statistics."""
+        """Queue, worker, counter, latency and provider statistics. An admin gets the
+        whole server's; a client gets its own tenant's only (queue_size: its tasks
+        waiting, queue_capacity: its quota, counters, is_running, started_at), and
+        the other fields are left empty.
+        """
 
     @_abc_1.abstractmethod
     def WatchEvents(
