@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Self, TypeVar
 import grpc
 
 from aiproc.client import tracing
+from aiproc.client._channel import channel_options
 from aiproc.client._convert import (
     queued_from_proto,
     spec_to_proto,
@@ -283,7 +284,7 @@ class AsyncClient:
             raise RuntimeError("the client is closed")
         if self._service is None:
             self._channel = grpc.aio.insecure_channel(
-                self.target, interceptors=tracing.interceptors()
+                self.target, options=channel_options(), interceptors=tracing.interceptors()
             )
             self._service = pb_grpc.ProcessorServiceStub(self._channel)
         return self._service

@@ -6,6 +6,7 @@
     │   ├── NotFound                 no such task for this caller
     │   └── FailedPrecondition       the task's state forbids the operation
     ├── QueueFull                    the bounded queue has no room
+    ├── TooManyStreams               the caller has as many streams open as it may
     ├── ShuttingDown                 the server no longer accepts work
     ├── StoreError                   the store cannot be read or written
     └── ProviderError                a provider call failed; `error_code` classifies it
@@ -48,6 +49,10 @@ class FailedPrecondition(RequestError):
 
 
 class QueueFull(AiprocError):
+    pass
+
+
+class TooManyStreams(AiprocError):
     pass
 
 
