@@ -1,8 +1,9 @@
 """Configuration: TOML file, then environment, then flags; validated once into frozen dataclasses.
 
 Nothing reads the environment after `load_config` returns, except provider
-API keys, which are read from the variable named by `api_key_env` when the
-provider is built (so keys never sit in the config object or its repr).
+API keys, which are read from the variable named by `api_key_env` (or the file
+named by `api_key_file`) when the provider is built, so keys never sit in the
+config object or its repr.
 """
 
 from __future__ import annotations
@@ -213,6 +214,10 @@ class ProviderConfig:
     """
     api_key_env: str = ""
     """Name of the environment variable holding the API key (never the key itself)."""
+    api_key_file: str = ""
+    """Path of a file holding the API key (e.g. a mounted Kubernetes or Docker secret), read
+    once at start-up; its trailing newline is dropped. At most one of api_key_env and
+    api_key_file; empty means none."""
     model: str = ""
     """Model to use; empty means [processor] llm_model."""
     priority: int = 1
@@ -539,6 +544,8 @@ def _validate_provider(index: int, cfg: ProviderConfig) -> None:
         raise ConfigError(
             f"{where}.api_key_env", "must be the NAME of an environment variable, not a key"
         )
+    if cfg.api_key_env and cfg.api_key_file:
+        raise ConfigError(f"{where}.api_key_file", "set api_key_env or api_key_file, not both")
     for name in ("rps", "tokens_per_minute", "price_per_1k_input", "price_per_1k_output"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{where}.{name}", "must not be negative")
