@@ -17,11 +17,10 @@ CLIENT_ID = "aiproc-client-id"
 LIMITS: Mapping[str, int] = {
     CLIENT_ID: 128,
     # W3C trace context: traceparent is 55 characters in version 00 (later versions may
-    # append fields); tracers are asked to keep tracestate near 512 characters; the W3C
-    # baggage limit is 8192 bytes.
+    # append fields); tracers are asked to keep tracestate near 512 characters. (Baggage is
+    # not read at all: see telemetry.propagation.)
     "traceparent": 256,
     "tracestate": 1024,
-    "baggage": 8192,
 }
 """Longest value accepted for each key aiproc reads, in characters."""
 _SINGLE = frozenset({CLIENT_ID})
