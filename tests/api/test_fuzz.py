@@ -60,7 +60,8 @@ class Fuzzer:
         self.bad: list[tuple[str, grpc.StatusCode, str, Case]] = []
         self.accepted: dict[str, str] = {}
         """Accepted task id -> the client id that owns it."""
-        self._ids: list[str] = []
+        self._ids: dict[str, list[str]] = collections.defaultdict(list)
+        """Accepted task ids by owner, in the order seen, for cases' references to resolve."""
         self.calls = self.messages = self.ended_while_writing = 0
 
     async def send(self, number: int, case: Case) -> None:
@@ -86,18 +87,23 @@ class Fuzzer:
         if code not in allowed:
             self.bad.append((case.method, code, details, case))
 
-    def _body(self, body: bytes | object) -> bytes:
-        return body if isinstance(body, bytes) else body(self._ids)  # type: ignore[operator]
+    def _body(self, body: bytes | object, metadata: tuple[tuple[str, str], ...]) -> bytes:
+        """The bytes of a message; a reference resolves to a task of the caller's own."""
+        if isinstance(body, bytes):
+            return body
+        owner = dict(metadata).get("aiproc-client-id", "default")
+        return body(self._ids[owner])  # type: ignore[operator,no-any-return]
 
     async def _unary(self, channel: grpc.aio.Channel, case: Unary) -> None:
         self.messages += 1
         call = channel.unary_unary(SERVICE + case.method)
-        reply = await call(self._body(case.request), metadata=case.metadata, timeout=60)
+        body = self._body(case.request, case.metadata)
+        reply = await call(body, metadata=case.metadata, timeout=60)
         if case.method == "QueueTask":
             task_id = pb.QueueTaskResponse.FromString(reply).task_id
             owner = dict(case.metadata).get("aiproc-client-id", "default")
             if task_id not in self.accepted:
-                self._ids.append(task_id)
+                self._ids[owner].append(task_id)
             self.accepted[task_id] = owner
 
     async def _results(self, channel: grpc.aio.Channel, case: StreamCase) -> grpc.StatusCode | None:
@@ -112,7 +118,7 @@ class Fuzzer:
                 break
             self.messages += 1
             try:
-                await call.write(self._body(message))
+                await call.write(self._body(message, case.metadata))
             except asyncio.InvalidStateError:  # ended between the look and the write
                 break
             except grpc.aio.AioRpcError as exc:
@@ -130,7 +136,7 @@ class Fuzzer:
     async def _watch(self, channel: grpc.aio.Channel, case: StreamCase) -> grpc.StatusCode:
         self.messages += 1
         call = channel.unary_stream(SERVICE + "WatchEvents")(
-            self._body(case.messages[0]), metadata=case.metadata, timeout=60
+            self._body(case.messages[0], case.metadata), metadata=case.metadata, timeout=60
         )
         # Sent once the watch is open; a refused call gets its status with it.
         await call.initial_metadata()
