@@ -46,10 +46,6 @@ class StreamLimits:
         self._open[identity] = open_now + 1
         return StreamSlot(self, identity)
 
-    def open_streams(self, identity: str) -> int:
-        """Streams `identity` has open now."""
-        return self._open.get(identity, 0)
-
     def _release(self, identity: str) -> None:
         left = self._open[identity] - 1
         if left:
