@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Self, TypeVar
 import grpc
 
 from aiproc.client import tracing
+from aiproc.client._channel import channel_options
 from aiproc.client._convert import (
     queued_from_proto,
     spec_to_proto,
@@ -305,11 +306,14 @@ class AsyncClient:
         if self._service is None:
             if self._credentials is None:
                 self._channel = grpc.aio.insecure_channel(
-                    self.target, interceptors=tracing.interceptors()
+                    self.target, options=channel_options(), interceptors=tracing.interceptors()
                 )
             else:
                 self._channel = grpc.aio.secure_channel(
-                    self.target, self._credentials, interceptors=tracing.interceptors()
+                    self.target,
+                    self._credentials,
+                    options=channel_options(),
+                    interceptors=tracing.interceptors(),
                 )
             self._service = pb_grpc.ProcessorServiceStub(self._channel)
         return self._service

@@ -15,7 +15,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from aiproc.server.api.auth import AuthInterceptor
+from aiproc.server.api.decoding import DecodeRequests
+from aiproc.server.api.grpc_options import server_options
 from aiproc.server.api.servicer import ProcessorServicer
+from aiproc.server.api.stream_limits import StreamLimits
 from aiproc.server.config import Config, ProviderConfig, exposure_risks
 from aiproc.server.core.processor import Processor
 from aiproc.server.providers.base import Provider
@@ -125,9 +128,16 @@ class AiprocServer:
         interceptor = AuthInterceptor(
             authenticator, open_services=(health.SERVICE_NAME, reflection.SERVICE_NAME)
         )
-        grpc_server = grpc.aio.server(interceptors=[interceptor])
+        grpc_server = grpc.aio.server(
+            # DecodeRequests must stay the last interceptor (see its docstring).
+            interceptors=[interceptor, DecodeRequests()],
+            options=server_options(config.server, config.keepalive),
+        )
         servicer = ProcessorServicer(
-            processor, max_content_bytes=config.server.max_content_bytes, tracer=telemetry.tracer
+            processor,
+            max_content_bytes=config.server.max_content_bytes,
+            streams=StreamLimits(config.server.max_streams_per_client),
+            tracer=telemetry.tracer,
         )
         processor_service_pb2_grpc.add_ProcessorServiceServicer_to_server(servicer, grpc_server)
         health_servicer = health.aio.HealthServicer()

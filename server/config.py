@@ -1,8 +1,9 @@
 """Configuration: TOML file, then environment, then flags; validated once into frozen dataclasses.
 
 Nothing reads the environment after `load_config` returns, except provider
-API keys, which are read from the variable named by `api_key_env` when the
-provider is built (so keys never sit in the config object or its repr).
+API keys, which are read from the variable named by `api_key_env` (or the file
+named by `api_key_file`) when the provider is built, so keys never sit in the
+config object or its repr.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ TENANT_RULE = "1-128 letters, digits, '.', '_' or '-'"
 ROLES = ("client", "admin")
 KEY_HASH_PREFIX = "sha256:"
 _KEY_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+QUEUE_REQUEST_OVERHEAD_BYTES = 1536 * 1024
+"""Bytes the fields of a valid QueueTaskRequest other than content can take at most (its
+field limits, in 4-byte characters, and protobuf framing): about 1.35 MiB, rounded up."""
+MIN_METADATA_BYTES = 1024
+"""Below this, gRPC's own headers and a client id would not fit."""
+_MIN_KEEPALIVE_SECONDS = 0.001
+_MAX_GRPC_MILLIS = 2**31 - 1
 
 PROVIDER_KINDS = ("openai", "anthropic", "azure_openai", "ollama", "gemini", "offline")
 # Where each vendor's API lives when base_url is not given; openai-compatible
@@ -108,6 +116,74 @@ class ServerConfig:
     allow_insecure: bool = False
     """Serve a non-loopback address without TLS or without authentication anyway (logs a
     warning). Default false: such a config is refused at start."""
+    # gRPC's own default (4 MiB) already holds the largest valid QueueTaskRequest with the
+    # default max_content_bytes; anything bigger is refused before it is parsed.
+    max_message_bytes: int = 4 * 1024 * 1024
+    """Largest request message accepted (grpc.max_receive_message_length); a larger one is
+    refused with RESOURCE_EXHAUSTED. Must be at least max_content_bytes plus 1.5 MiB, the
+    most the other fields of a valid QueueTaskRequest can take. Default 4 MiB."""
+    # gRPC's hard limit by default; set as both its soft and hard limits, because between
+    # the two gRPC refuses a random share of calls, which no caller could reason about.
+    # Room for the headers we read (client id, a W3C baggage of up to 8 KiB) and a token.
+    max_metadata_bytes: int = 16 * 1024
+    """Largest request metadata (all headers together) accepted; larger is refused with
+    RESOURCE_EXHAUSTED. Default 16 KiB."""
+    # A service scaled out to ~50 instances under one identity, each holding a result
+    # stream and an event watch, fits; thousands of subscriptions (each buffering up to
+    # 512 results) from one identity do not.
+    max_streams_per_client: int = 100
+    """StreamResults and WatchEvents calls one client identity may have open at once, on
+    this server; the next one is refused with RESOURCE_EXHAUSTED. Default 100."""
+    # Well above the calls one client keeps in flight on a channel (submit-batch: 64), low
+    # enough that one connection cannot open unbounded concurrent calls. Calls beyond it
+    # wait in the client until one ends; they are not refused.
+    max_streams_per_connection: int = 256
+    """Calls (HTTP/2 streams) one connection may have in flight at once
+    (grpc.max_concurrent_streams); further calls wait on the client. Default 256."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveConfig:
+    """The server's HTTP/2 keepalive policy. Clients must ping no more often than
+    min_client_ping_interval (the aiproc client pings every 60s during calls)."""
+
+    # Finds clients that vanished without closing (a NAT dropped them, a host died) within
+    # ping_interval + ping_timeout, freeing their stream slots and subscriptions.
+    ping_interval: float = 60.0
+    """Seconds between the server's pings on each connection (grpc.keepalive_time_ms).
+    Default 60s."""
+    ping_timeout: float = 20.0
+    """Seconds the server waits for a ping's answer before closing the connection
+    (grpc.keepalive_timeout_ms). Default 20s, gRPC's own."""
+    # Half the aiproc client's 60s interval, so jitter never makes an honest ping a strike;
+    # short enough for clients behind NATs and load balancers that drop connections idle for
+    # a few minutes (AWS NLB: 350s), which gRPC's 5 minute default would punish.
+    min_client_ping_interval: float = 30.0
+    """Shortest interval between a client's pings the server tolerates while it sends no
+    data (grpc.http2.min_ping_interval_without_data_ms); a faster ping is a strike.
+    Default 30s."""
+    # Clients of any language that keep an idle channel warm are common; at one ping per
+    # min_client_ping_interval that costs nothing, so they are not punished for it.
+    permit_without_calls: bool = True
+    """Accept (and send) pings on a connection with no call in flight
+    (grpc.keepalive_permit_without_calls). Default true."""
+    max_ping_strikes: int = 2
+    """Pings too soon the server tolerates before it closes the connection with GOAWAY
+    (ENHANCE_YOUR_CALM, "too_many_pings"); 0 tolerates any number. Default 2, gRPC's own."""
+    # An abandoned channel costs a socket and buffers; a working client's pauses between
+    # calls are far shorter, and its channel reconnects by itself when it calls again.
+    max_connection_idle: float = 1800.0
+    """Seconds a connection may go without any call before the server closes it with
+    GOAWAY (grpc.max_connection_idle_ms); 0 never. Default 30m."""
+    # Off: a limit would cut the long StreamResults and WatchEvents calls every time it
+    # passes. Behind an L4 load balancer, set it (e.g. 30m) to spread connections over
+    # replicas again; clients then reconnect and receive unacknowledged results again.
+    max_connection_age: float = 0.0
+    """Seconds a connection may live before the server asks the client to reconnect
+    (grpc.max_connection_age_ms); 0 never. Default 0."""
+    max_connection_age_grace: float = 60.0
+    """With max_connection_age: seconds calls in flight get to finish before the connection
+    is closed (grpc.max_connection_age_grace_ms). Default 60s."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +233,10 @@ class ProviderConfig:
     """
     api_key_env: str = ""
     """Name of the environment variable holding the API key (never the key itself)."""
+    api_key_file: str = ""
+    """Path of a file holding the API key (e.g. a mounted Kubernetes or Docker secret), read
+    once at start-up; its trailing newline is dropped. At most one of api_key_env and
+    api_key_file; empty means none."""
     model: str = ""
     """Model to use; empty means [processor] llm_model."""
     priority: int = 1
@@ -351,6 +431,7 @@ class Config:
     health: HealthConfig = HealthConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     auth: AuthConfig = AuthConfig()
+    keepalive: KeepaliveConfig = KeepaliveConfig()
     log_level: str = "INFO"
 
 
@@ -385,6 +466,12 @@ _DURATION_FIELDS = {
     "check_interval",
     "timeout",
     "metrics_interval",
+    "ping_interval",
+    "ping_timeout",
+    "min_client_ping_interval",
+    "max_connection_idle",
+    "max_connection_age",
+    "max_connection_age_grace",
 }
 
 
@@ -497,6 +584,21 @@ def _validate_server(cfg: ServerConfig) -> None:
             "mutual TLS needs TLS: set tls_cert_file and tls_key_file too",
         )
 
+    if cfg.max_message_bytes < cfg.max_content_bytes + QUEUE_REQUEST_OVERHEAD_BYTES:
+        raise ConfigError(
+            "server.max_message_bytes",
+            f"must be at least max_content_bytes + {QUEUE_REQUEST_OVERHEAD_BYTES} bytes"
+            f" ({cfg.max_content_bytes + QUEUE_REQUEST_OVERHEAD_BYTES}), the largest valid"
+            " QueueTaskRequest",
+        )
+    if cfg.max_metadata_bytes < MIN_METADATA_BYTES:
+        raise ConfigError(
+            "server.max_metadata_bytes", f"must be at least {MIN_METADATA_BYTES} bytes"
+        )
+    for name in ("max_streams_per_client", "max_streams_per_connection"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"server.{name}", "must be at least 1")
+
 
 def is_loopback(host: str) -> bool:
     """Whether `host` (of a listen address) reaches this machine only: localhost, 127.0.0.0/8
@@ -579,6 +681,25 @@ def _validate_auth(cfg: AuthConfig, server: ServerConfig) -> None:
             raise ConfigError(f"auth.admin_identities[{index}]", f"must be {TENANT_RULE}")
 
 
+def _validate_keepalive(cfg: KeepaliveConfig) -> None:
+    for name in ("ping_interval", "ping_timeout", "min_client_ping_interval"):
+        if getattr(cfg, name) < _MIN_KEEPALIVE_SECONDS:
+            raise ConfigError(f"keepalive.{name}", "must be at least 1ms")
+    if cfg.max_ping_strikes < 0:
+        raise ConfigError("keepalive.max_ping_strikes", "must not be negative")
+    for name in (
+        "ping_interval",
+        "ping_timeout",
+        "min_client_ping_interval",
+        "max_connection_idle",
+        "max_connection_age",
+        "max_connection_age_grace",
+    ):
+        # gRPC takes these as int milliseconds.
+        if getattr(cfg, name) * 1000 > _MAX_GRPC_MILLIS:
+            raise ConfigError(f"keepalive.{name}", "must be under 24 days (gRPC's int range)")
+
+
 def _validate_processor(cfg: ProcessorConfig) -> None:
     positive_ints = ("num_workers", "queue_size", "max_concurrent_requests", "max_tokens")
     for name in positive_ints:
@@ -622,6 +743,8 @@ def _validate_provider(index: int, cfg: ProviderConfig) -> None:
         raise ConfigError(
             f"{where}.api_key_env", "must be the NAME of an environment variable, not a key"
         )
+    if cfg.api_key_env and cfg.api_key_file:
+        raise ConfigError(f"{where}.api_key_file", "set api_key_env or api_key_file, not both")
     for name in ("rps", "tokens_per_minute", "price_per_1k_input", "price_per_1k_output"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{where}.{name}", "must not be negative")
@@ -747,6 +870,7 @@ def load_config(
         "health",
         "telemetry",
         "auth",
+        "keepalive",
     }
     unknown = set(raw) - known_sections - {"log_level"}
     if unknown:
@@ -760,6 +884,7 @@ def load_config(
         ("circuit_breaker", CircuitBreakerConfig),
         ("health", HealthConfig),
         ("telemetry", TelemetryConfig),
+        ("keepalive", KeepaliveConfig),
     ):
         merged = dict(raw.get(name, {})) if isinstance(raw.get(name, {}), Mapping) else raw[name]
         if isinstance(merged, dict):
@@ -792,6 +917,7 @@ def load_config(
         health=sections["health"],
         telemetry=sections["telemetry"],
         auth=auth,
+        keepalive=sections["keepalive"],
         log_level=log_level,
     )
     validate(config)
@@ -842,6 +968,7 @@ def validate(config: Config) -> None:
     _validate_quotas(config.quotas)
     _validate_auth(config.auth, config.server)
     _validate_exposure(config)
+    _validate_keepalive(config.keepalive)
     seen: set[str] = set()
     for index, provider in enumerate(config.providers):
         _validate_provider(index, provider)

@@ -93,6 +93,19 @@ retry_delay = "1s"
             "[[quotas.tenants]]\ntenant = 'a'\n[[quotas.tenants]]\ntenant = 'a'",
             "quotas.tenants[1].tenant",
         ),
+        ("[server]\nmax_message_bytes = 2000000", "server.max_message_bytes"),
+        (
+            "[server]\nmax_content_bytes = 4000000\n",  # the default message limit is too small
+            "server.max_message_bytes",
+        ),
+        ("[server]\nmax_metadata_bytes = 100", "server.max_metadata_bytes"),
+        ("[server]\nmax_streams_per_client = 0", "server.max_streams_per_client"),
+        ("[server]\nmax_streams_per_connection = 0", "server.max_streams_per_connection"),
+        ("[keepalive]\nping_interval = 0", "keepalive.ping_interval"),
+        ("[keepalive]\nmin_client_ping_interval = 'often'", "keepalive.min_client_ping_interval"),
+        ("[keepalive]\nmax_ping_strikes = -1", "keepalive.max_ping_strikes"),
+        ("[keepalive]\nmax_connection_age = '30d'", "keepalive.max_connection_age"),
+        ("[keepalive]\nmax_connection_age = '1000h'", "keepalive.max_connection_age"),
         ("[surprise]\nx = 1", "surprise"),
         ("[[providers]]\nname = 'a'\nkind = 'cohere'", "providers[0].kind"),
         ("[[providers]]\nkind = 'offline'", "providers[0].name"),
@@ -259,3 +272,34 @@ def test_beyond_loopback_plaintext_or_no_auth_is_refused(listen: str) -> None:
 def test_auth_comes_from_the_file_only() -> None:
     with pytest.raises(ConfigError, match=r"AIPROC_AUTH_API_KEYS: \[auth\] is read from"):
         load_config(env={"AIPROC_AUTH_API_KEYS": "x"})
+
+
+def test_limits_and_keepalive_from_file_and_environment(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[server]\nmax_content_bytes = 4000000\nmax_message_bytes = 8000000\n"
+        "[keepalive]\nmax_connection_age = '30m'\n",
+    )
+    env = {
+        "AIPROC_KEEPALIVE_MIN_CLIENT_PING_INTERVAL": "10s",
+        "AIPROC_SERVER_MAX_STREAMS_PER_CLIENT": "5",
+    }
+    config = load_config(path, env=env)
+    assert config.server.max_message_bytes == 8_000_000
+    assert config.server.max_streams_per_client == 5
+    assert config.keepalive.max_connection_age == 1800.0
+    assert config.keepalive.min_client_ping_interval == 10.0
+
+
+def test_grpc_options_follow_the_config() -> None:
+    from aiproc.server.api.grpc_options import server_options
+
+    config = load_config(env={})
+    options = dict(server_options(config.server, config.keepalive))
+    assert options["grpc.max_receive_message_length"] == 4 * 1024 * 1024
+    assert options["grpc.max_metadata_size"] == options["grpc.absolute_max_metadata_size"]
+    assert options["grpc.http2.min_ping_interval_without_data_ms"] == 30_000
+    assert options["grpc.max_connection_idle_ms"] == 1_800_000
+    # max_connection_age = 0 means never: gRPC would read a 0 as "at once".
+    assert "grpc.max_connection_age_ms" not in options
+    assert "grpc.max_connection_age_grace_ms" not in options

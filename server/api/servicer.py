@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 import grpc
 from opentelemetry.trace import NoOpTracer, Span, SpanKind, Tracer
 
-from aiproc.server.api import convert
+from aiproc.server.api import convert, metadata
 from aiproc.server.api.status import Context, abort_with, unary_rpc
+from aiproc.server.api.stream_limits import StreamLimits, StreamSlot
 from aiproc.server.api.tracing import SERVICE
 from aiproc.server.core.errors import AiprocError, InvalidArgument, NotFound
 from aiproc.server.core.hub import Subscription
@@ -33,10 +34,17 @@ def tenant() -> str:
 
 class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
     def __init__(
-        self, processor: Processor, *, max_content_bytes: int, tracer: Tracer | None = None
+        self,
+        processor: Processor,
+        *,
+        max_content_bytes: int,
+        streams: StreamLimits,
+        tracer: Tracer | None = None,
     ) -> None:
+        """`streams` counts each identity's open StreamResults and WatchEvents calls."""
         self._processor = processor
         self._max_content_bytes = max_content_bytes
+        self._streams = streams
         self._tracer = tracer or NoOpTracer()
 
     @property
@@ -101,20 +109,32 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: Context
     ) -> AsyncIterator[pb.WatchEventsResponse]:
-        span = self._stream_span("WatchEvents", context)
-        watch = self._processor.events.watch()
-        # Initial metadata tells the caller it is watching: any event from now on reaches it.
-        await context.send_initial_metadata(())
+        slot = await self._open_stream(context)
         try:
-            async for event in watch:
-                yield pb.WatchEventsResponse(event=convert.event_pb(event))
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await abort_with(context, exc)  # never an UNKNOWN with a stack trace
+            span = self._stream_span("WatchEvents", context)
+            watch = self._processor.events.watch()
+            # Initial metadata tells the caller it is watching: any event from now on reaches it.
+            await context.send_initial_metadata(())
+            try:
+                async for event in watch:
+                    yield pb.WatchEventsResponse(event=convert.event_pb(event))
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await abort_with(context, exc)  # never an UNKNOWN with a stack trace
+            finally:
+                self._processor.events.unwatch(watch)
+                span.end()
         finally:
-            self._processor.events.unwatch(watch)
-            span.end()
+            slot.release()
+
+    async def _open_stream(self, context: Context) -> StreamSlot:
+        """Checks the caller's metadata and takes one of its stream slots, or ends the call."""
+        try:
+            metadata.check(context.invocation_metadata())
+            return self._streams.acquire(tenant())
+        except AiprocError as exc:
+            await abort_with(context, exc)
 
     def _stream_span(self, method: str, context: Context) -> Span:
         """A server span for a streaming call, ended by the caller.
@@ -140,10 +160,11 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
                 "result streaming is disabled on this server (processor.stream_results = false);"
                 " read results with GetTask",
             )
+        slot = await self._open_stream(context)
         client_id = tenant()
         span = self._stream_span("StreamResults", context)
         subscription = self._processor.hub.open(client_id)
-        failure: list[AiprocError] = []
+        failure: list[Exception] = []
         reader = asyncio.create_task(
             self._read_requests(request_iterator, subscription, client_id, failure)
         )
@@ -165,15 +186,20 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
                 await reader
             self._processor.hub.discard(subscription)
             span.end()
+            slot.release()
 
     async def _read_requests(
         self,
         requests: AsyncIterator[pb.StreamResultsRequest],
         subscription: Subscription,
         client_id: str,
-        failure: list[AiprocError],
+        failure: list[Exception],
     ) -> None:
-        """Applies subscriptions and acks; the caller half-closing ends the call."""
+        """Applies subscriptions and acks; the caller half-closing ends the call.
+
+        Whatever ends the reading ends the stream too: a failure is kept for the
+        call to end with, and the subscription is closed, so the call never hangs.
+        """
         try:
             async for request in requests:
                 kind = request.WhichOneof("kind")
@@ -184,11 +210,12 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
                     await self._processor.ack(client_id, ids)
                 else:
                     raise InvalidArgument("kind", "set subscribe or ack")
-        except AiprocError as exc:
-            failure.append(exc)
         except grpc.aio.AioRpcError:
             pass  # the caller went away; the call is over anyway
-        subscription.close()
+        except Exception as exc:  # an AiprocError, or a bug that must not leave the call open
+            failure.append(exc)
+        finally:
+            subscription.close()
 
     async def _subscribe(
         self, request: pb.Subscribe, subscription: Subscription, client_id: str

@@ -10,6 +10,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 import grpc
 from opentelemetry.trace import Tracer
 
+from aiproc.server.api import metadata
 from aiproc.server.api.tracing import record_status, server_span
 from aiproc.server.core.errors import (
     AiprocError,
@@ -20,6 +21,7 @@ from aiproc.server.core.errors import (
     QueueFull,
     ShuttingDown,
     StoreError,
+    TooManyStreams,
     Unauthenticated,
 )
 
@@ -37,6 +39,7 @@ STATUS_BY_ERROR: tuple[tuple[type[AiprocError], grpc.StatusCode], ...] = (
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (TooManyStreams, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
     # The store refuses writes after a failed commit: this replica cannot take
     # work safely, another (or this one, restarted) can.
@@ -74,10 +77,17 @@ class Traced(Protocol):
 def unary_rpc(
     method: Callable[[_S, _Req, Context], Awaitable[_Resp]],
 ) -> Callable[[_S, _Req, Context], Coroutine[Any, Any, _Resp]]:
-    """Wraps a unary servicer method in a server span; every error leaves through `abort_with`."""
+    """Wraps a unary servicer method in a server span; every error leaves through `abort_with`.
+
+    The metadata we read is checked first, before the span reads the trace context in it.
+    """
 
     @functools.wraps(method)
     async def guarded(self: _S, request: _Req, context: Context) -> _Resp:
+        try:
+            metadata.check(context.invocation_metadata())
+        except InvalidArgument as exc:
+            await abort_with(context, exc)
         with server_span(self.tracer, method.__name__, context):
             try:
                 return await method(self, request, context)

@@ -58,7 +58,8 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         "--fault",
         metavar="SPEC",
         help="misbehave this way, e.g. 503, 429:retry-after=2, reset, hang, slow, malformed, "
-        "html, empty (default: a 500 when --failure-rate is given)",
+        "html, empty, echo:status=401, garbage:seed=7 (default: a 500 when --failure-rate is "
+        "given)",
     )
     fake.add_argument(
         "--failure-rate",

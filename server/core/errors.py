@@ -8,6 +8,7 @@
     │   ├── Unauthenticated          no credentials, or credentials nobody issued
     │   └── PermissionDenied         a known caller asked for what its role forbids
     ├── QueueFull                    the bounded queue has no room
+    ├── TooManyStreams               the caller has as many streams open as it may
     ├── ShuttingDown                 the server no longer accepts work
     ├── StoreError                   the store cannot be read or written
     └── ProviderError                a provider call failed; `error_code` classifies it
@@ -70,6 +71,10 @@ class TenantQueueFull(QueueFull):
         super().__init__(
             f"tenant {tenant!r} has {limit} tasks waiting, its quota (max_queued); retry later"
         )
+
+
+class TooManyStreams(AiprocError):
+    pass
 
 
 class ShuttingDown(AiprocError):

@@ -26,6 +26,9 @@ from aiproc.server.resilience.health import HealthLevel
 from aiproc.server.resilience.selection import Selector
 from aiproc.server.resilience.transition import Transition
 
+MAX_PAUSE = 3600.0
+"""Longest pause a provider's retry hint can impose, in seconds."""
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:
@@ -195,6 +198,7 @@ class FailoverManager:
         slot = lease.slot
         slot.requests += 1
         slot.rate_limited += 1
+        pause = min(pause, MAX_PAUSE)  # what the other replicas are told, too
         self._pause(slot, now, pause, reason)
         self.released(lease)
         self._signals.provider_paused(slot.name, pause)
@@ -205,6 +209,10 @@ class FailoverManager:
             lease.slot.breaker.release(self._clock.monotonic(), lease.permit)
 
     def _pause(self, slot: ProviderSlot, now: float, seconds: float, reason: str) -> None:
+        # A provider asking for longer is broken, or out of quota for the day: an hour on,
+        # one call finds out which. Uncapped, "Retry-After: 1e300" paused it for good (and
+        # Stats could not even express the wait).
+        seconds = min(seconds, MAX_PAUSE)
         slot.quota.pause(now, seconds)
         self._events.publish(
             ProviderEvent(

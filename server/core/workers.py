@@ -35,6 +35,11 @@ class WorkerPool:
         """Workers processing a task now."""
         return len(self._running)
 
+    @property
+    def alive(self) -> int:
+        """Workers still taking tasks: all of them until the queue closes, if none has died."""
+        return sum(not worker.done() for worker in self._workers)
+
     def start(self) -> None:
         self._workers = [
             asyncio.create_task(self._work(), name=f"aiproc-worker-{n}") for n in range(self.size)

@@ -15,9 +15,11 @@ from aiproc.server.fakes.dialect import (
 )
 from aiproc.server.fakes.engine import FakeProviderServer, FakeStats
 from aiproc.server.fakes.faults import (
+    EchoRequest,
     EmptyBody,
     FakeReply,
     Fault,
+    Garbage,
     Hang,
     HttpError,
     MalformedJson,
@@ -32,6 +34,7 @@ from aiproc.server.fakes.phases import Phase
 
 __all__ = [
     "Dialect",
+    "EchoRequest",
     "EmptyBody",
     "FakeError",
     "FakeOpenAIServer",
@@ -42,6 +45,7 @@ __all__ = [
     "FakeStats",
     "FakeUsage",
     "Fault",
+    "Garbage",
     "Hang",
     "HttpError",
     "MalformedJson",

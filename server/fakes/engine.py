@@ -26,12 +26,14 @@ from typing import Self
 
 from aiohttp import web
 
-from aiproc.server.fakes import control, wire
+from aiproc.server.fakes import control, garbage, wire
 from aiproc.server.fakes.dialect import Dialect, FakeRequest, FakeResponse, FakeUsage, RouteKind
 from aiproc.server.fakes.faults import (
+    EchoRequest,
     EmptyBody,
     FakeReply,
     Fault,
+    Garbage,
     Hang,
     HttpError,
     MalformedJson,
@@ -98,6 +100,8 @@ class FakeProviderServer:
         is set); may be changed while serving."""
         self.latency_sigma = latency_sigma
         self._latency_draws = random.Random(seed)
+        self._garbage_draws: dict[int, random.Random] = {}
+        """One generator per garbage seed, made on first use, so a run replays."""
         self.requests: list[FakeRequest] = []
         self.request_count = 0
         self._record = record
@@ -270,8 +274,23 @@ class FakeProviderServer:
             response = self._normal(kind, fake_request, reply)
             self._outcomes[str(response.status)] += 1
             return response
-        self._outcomes[fault.name] += 1
+        if not isinstance(fault, Garbage):  # counted by the kind of garbage drawn
+            self._outcomes[fault.name] += 1
         return await self._misbehave(kind, fake_request, request, fault)
+
+    def _garbage(
+        self, kind: RouteKind, fake_request: FakeRequest, request: web.Request, seed: int
+    ) -> web.StreamResponse:
+        """One garbage answer, counted as an outcome "garbage:<kind>"."""
+        draws = self._garbage_draws.setdefault(seed, random.Random(seed))
+        success, _ = wire.encode(self._success(kind, fake_request))
+        name, answer = garbage.answer(draws, success)
+        self._outcomes[f"{Garbage.name}:{name}"] += 1
+        if answer is None:
+            return wire.drop(request)
+        if isinstance(answer, bytes):
+            return wire.raw(request, answer)
+        return answer
 
     async def _misbehave(
         self, kind: RouteKind, fake_request: FakeRequest, request: web.Request, fault: Fault
@@ -291,6 +310,10 @@ class FakeProviderServer:
                 return wire.html_page()
             case EmptyBody():
                 return wire.empty()
+            case EchoRequest():
+                return wire.echo(fake_request, fault.status)
+            case Garbage():
+                return self._garbage(kind, fake_request, request, fault.seed)
 
     def _normal(self, kind: RouteKind, fake_request: FakeRequest, reply: FakeReply) -> web.Response:
         if reply.body is not None:

@@ -12,6 +12,8 @@ Spelling (`parse_fault`, and each fault's `spec`):
     malformed                        a 200 whose JSON body is cut in half
     html                             a 200 text/html page instead of JSON
     empty                            a 200 with no body
+    echo:status=401                  that status, its body echoing the request's headers (keys too)
+    garbage:seed=7                   random garbage, drawn per request (see `fakes.garbage`)
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
 
 __all__ = [
+    "EchoRequest",
     "EmptyBody",
     "FakeReply",
     "Fault",
+    "Garbage",
     "Hang",
     "HttpError",
     "MalformedJson",
@@ -146,8 +150,49 @@ class EmptyBody:
     spec: ClassVar[str] = "empty"
 
 
+@dataclass(frozen=True, slots=True)
+class EchoRequest:
+    """`status` with a body echoing the request's path and headers, credentials included, as
+    a debugging proxy or a careless gateway does."""
+
+    status: int = 401
+
+    name: ClassVar[str] = "echo"
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.status <= 599:
+            raise ValueError(f"an echo's status is 200-599, not {self.status}")
+
+    @property
+    def spec(self) -> str:
+        return f"echo:status={self.status}"
+
+
+@dataclass(frozen=True, slots=True)
+class Garbage:
+    """A random garbage answer per request (bodies, statuses, broken HTTP, resets); the
+    draws of one fake come from one generator seeded with `seed`, so a run replays."""
+
+    seed: int = 0
+
+    name: ClassVar[str] = "garbage"
+
+    @property
+    def spec(self) -> str:
+        return f"garbage:seed={self.seed}"
+
+
 Fault: TypeAlias = (
-    HttpError | Reset | Refuse | Hang | SlowBody | MalformedJson | WrongContentType | EmptyBody
+    HttpError
+    | Reset
+    | Refuse
+    | Hang
+    | SlowBody
+    | MalformedJson
+    | WrongContentType
+    | EmptyBody
+    | EchoRequest
+    | Garbage
 )
 
 _SIMPLE: dict[str, Fault] = {
@@ -176,10 +221,18 @@ def parse_fault(spec: str) -> Fault:
             chunk=_integer(options.get("chunk", str(default.chunk)), spec),
             delay=_number(options.get("delay", str(default.delay)), spec),
         )
+    if name == EchoRequest.name:
+        _reject_unknown(options.keys() - {"status"}, spec)
+        return EchoRequest(_integer(options.get("status", "401"), spec))
+    if name == Garbage.name:
+        _reject_unknown(options.keys() - {"seed"}, spec)
+        return Garbage(_integer(options.get("seed", "0"), spec))
     if name in _SIMPLE:
         _reject_unknown(options.keys(), spec)
         return _SIMPLE[name]
-    known = ", ".join(["<status>", *sorted([*_SIMPLE, SlowBody.name])])
+    known = ", ".join(
+        ["<status>", *sorted([*_SIMPLE, SlowBody.name, EchoRequest.name, Garbage.name])]
+    )
     raise ValueError(f"unknown fault {spec!r}; known: {known}")
 
 

@@ -12,7 +12,18 @@ from multidict import CIMultiDict
 from aiproc.server.fakes.dialect import FakeRequest, FakeResponse
 from aiproc.server.fakes.faults import SlowBody
 
-__all__ = ["drop", "empty", "half", "html_page", "read", "respond", "trickle"]
+__all__ = [
+    "drop",
+    "echo",
+    "empty",
+    "encode",
+    "half",
+    "html_page",
+    "raw",
+    "read",
+    "respond",
+    "trickle",
+]
 
 _JSON = "application/json"
 # What a captive portal or a proxy's login page puts where the JSON should be.
@@ -43,7 +54,7 @@ async def read(request: web.Request) -> FakeRequest:
 
 def respond(response: FakeResponse, extra_headers: Mapping[str, str] | None = None) -> web.Response:
     """`response` as it is, with `extra_headers` replacing its own of the same name."""
-    data, headers = _encode(response)
+    data, headers = encode(response)
     if extra_headers:
         headers.update(extra_headers)
     return web.Response(body=data, status=response.status, headers=headers)
@@ -51,7 +62,7 @@ def respond(response: FakeResponse, extra_headers: Mapping[str, str] | None = No
 
 def half(response: FakeResponse) -> web.Response:
     """A 200 with `response`'s headers and the first half of its body: JSON cut mid-value."""
-    data, headers = _encode(response)
+    data, headers = encode(response)
     return web.Response(body=data[: len(data) // 2], status=200, headers=headers)
 
 
@@ -76,7 +87,7 @@ async def trickle(
     `wait(seconds)` sleeps and answers False when the server is stopping,
     which drops the connection instead of finishing the body.
     """
-    data, headers = _encode(response)
+    data, headers = encode(response)
     stream = web.StreamResponse(status=response.status, headers=headers)
     stream.content_length = len(data)
     await stream.prepare(request)
@@ -89,6 +100,25 @@ async def trickle(
     return stream
 
 
+def echo(request: FakeRequest, status: int) -> web.Response:
+    """`status` with an error body that repeats the request's path and headers."""
+    shown = "; ".join(f"{name}: {value}" for name, value in request.headers.items())
+    body = {
+        "error": {"message": f"{request.method} {request.path} with {shown}", "type": "echo"},
+        "headers": dict(request.headers),
+    }
+    return web.json_response(body, status=status)
+
+
+def raw(request: web.Request, data: bytes) -> web.Response:
+    """Writes `data` after "HTTP/1.1 " straight to the socket, whatever it holds, then closes
+    the connection; aiohttp then quietly fails to send what is returned."""
+    if request.transport is not None:
+        request.transport.write(b"HTTP/1.1 " + data)
+        request.transport.close()
+    return web.Response()
+
+
 def drop(request: web.Request) -> web.Response:
     """Aborts the connection unanswered; aiohttp then quietly fails to send what is returned."""
     if request.transport is not None:
@@ -96,7 +126,8 @@ def drop(request: web.Request) -> web.Response:
     return web.Response()
 
 
-def _encode(response: FakeResponse) -> tuple[bytes, CIMultiDict[str]]:
+def encode(response: FakeResponse) -> tuple[bytes, CIMultiDict[str]]:
+    """`response`'s body as bytes, and its headers with a content type."""
     headers = CIMultiDict(response.headers)
     if isinstance(response.body, Mapping):
         data = json.dumps(response.body).encode()

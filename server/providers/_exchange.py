@@ -3,6 +3,8 @@
     read/write/pool timeout, deadline      ProviderTimeout
     other network errors                   TransientError
     a body over 8 MiB                      BadResponse
+    an answer that is not HTTP, or whose   BadResponse
+    Content-Encoding does not decode
 
 HTTP error statuses are not raised here: the vendor module reads them, since
 only it knows where its API puts the details.
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 
 from aiproc.server.core.errors import BadResponse, ProviderError, ProviderTimeout, TransientError
@@ -72,6 +75,14 @@ class Exchange:
             ) from None
         except httpx.TransportError as exc:
             raise self._network_error(exc) from exc
+        # httpx's other errors (a Content-Encoding that does not decode, ...), and aiohttp's
+        # own for an answer that is not HTTP at all (a bad status line or header), which the
+        # httpx-aiohttp transport lets through unmapped.
+        except (httpx.HTTPError, aiohttp.ClientError) as exc:
+            detail = self._redactor.excerpt(str(exc)) or type(exc).__name__
+            raise BadResponse(
+                f"{self._provider}: unreadable answer: {detail}", provider=self._provider
+            ) from exc
 
     async def get_json(
         self,

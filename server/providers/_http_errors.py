@@ -15,6 +15,7 @@ import datetime
 import email.utils
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,16 +31,35 @@ from aiproc.server.core.errors import (
 )
 
 _EXCERPT_CHARS = 200
+# Vendor text is cut to this before any other work: an 8 MiB error body must not cost
+# seconds of regular expressions on the event loop, and only its start is ever shown.
+_SCAN_CHARS = 4096
+# A secret cut short by that or by the excerpt's end still leaks its start; a trailing
+# piece of a known secret this long or longer is hidden too.
+_MIN_SECRET_PIECE = 4
 URL_USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
 """The user:password@ part of a URL."""
 _SECRET_PATTERNS = (
-    # OpenAI's and Anthropic's (sk-ant-…) keys, Google's (AIza…) keys, bearer tokens.
+    # OpenAI's and Anthropic's (sk-ant-…) keys, Google's (AIza…) keys, JWTs (Azure AD
+    # tokens), bearer and basic credentials, and the value after a key- or token-named
+    # field, as an echoed header or query string shows it.
     re.compile(r"\bsk-[A-Za-z0-9_*\-]{6,}"),
     re.compile(r"\bAIza[A-Za-z0-9_\-]{20,}"),
-    re.compile(r"(?i)\bbearer\s+\S+"),
+    re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"),
+    re.compile(r"(?i)\b(?:bearer|basic)\s+\S+"),
+    re.compile(
+        r"(?i)(?<![\w-])(?:x-)?(?:api[-_]?key|x-goog-api-key|access[-_]?token|token"
+        r"|secret|password|authorization)[\"']?\s*[:=]\s*[\"']?[^\s\"',;&}]+"
+    ),
     URL_USERINFO,
 )
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def _unprintable(char: str) -> bool:
+    # Cc: C0 and C1 controls; Cf: bidi overrides and zero-width characters, which can make
+    # a log line or a terminal show something else than it holds; Cs, Co, Cn: surrogates,
+    # private use, unassigned.
+    return unicodedata.category(char)[0] == "C"
 
 
 class Redactor:
@@ -48,15 +68,34 @@ class Redactor:
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         self._secrets = tuple(secret for secret in secrets if secret)
 
-    def excerpt(self, text: str) -> str:
-        """`text` on one line, without secrets, at most about 200 characters."""
+    def hide(self, text: str) -> str:
+        """`text` with every known secret replaced, and nothing else changed."""
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
+        return text
+
+    def excerpt(self, text: str) -> str:
+        """`text` on one line, without secrets or unprintable characters, at most about 200
+        characters."""
+        text = self.hide(text[:_SCAN_CHARS])
         for pattern in _SECRET_PATTERNS:
             text = pattern.sub("[redacted]", text)
-        text = " ".join(_CONTROL_CHARS.sub(" ", text).split())
+        text = " ".join("".join(" " if _unprintable(c) else c for c in text).split())
         if len(text) > _EXCERPT_CHARS:
             text = text[:_EXCERPT_CHARS].rstrip() + "…"
+        return self._without_secret_start(text)
+
+    def label(self, value: object) -> str:
+        """A short vendor word (a finish reason, a model name) made safe; "" unless a string."""
+        return self.excerpt(value) if isinstance(value, str) else ""
+
+    def _without_secret_start(self, text: str) -> str:
+        """Hides the start of a known secret that a cut left at the end of `text`."""
+        body = text.removesuffix("…")
+        for secret in self._secrets:
+            for length in range(len(secret) - 1, _MIN_SECRET_PIECE - 1, -1):
+                if body.endswith(secret[:length]):
+                    return body[:-length] + "[redacted]" + text[len(body) :]
         return text
 
     def __repr__(self) -> str:
@@ -99,17 +138,25 @@ def error_message(body: bytes) -> str:
     data = json_object(body)
     if data is None:
         # An HTML error page from a proxy: only its start is worth showing.
-        return body[: _EXCERPT_CHARS * 4].decode("utf-8", "replace")
+        return body[:_SCAN_CHARS].decode("utf-8", "replace")
     error = data.get("error", data.get("detail", data.get("message")))
     if isinstance(error, Mapping):
-        message = str(error.get("message") or "")
+        message = _scalar(error.get("message"))
         # Gemini's numeric code repeats the HTTP status; its status name says more.
         code = next(
             (error[key] for key in ("code", "type", "status") if isinstance(error.get(key), str)),
             "",
         )
         return f"{message} ({code})" if code and message else message or code
-    return str(error) if error is not None else ""
+    return _scalar(error)
+
+
+def _scalar(value: object) -> str:
+    """A string or number as text; "" for anything else, whose repr may be huge or nested
+    deeper than repr can go."""
+    if isinstance(value, str):
+        return value
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else ""
 
 
 def token_count(value: object) -> int:

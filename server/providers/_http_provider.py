@@ -9,6 +9,7 @@ endpoint.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import httpx
@@ -23,6 +24,7 @@ from aiproc.server.providers._http_errors import (
     json_object,
     retry_after_seconds,
 )
+from aiproc.server.providers.base import Completion, CompletionRequest
 
 
 class HttpProvider:
@@ -65,6 +67,29 @@ class HttpProvider:
     @property
     def context_window(self) -> int:
         return self._context_window
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """Runs one completion through the vendor's `_complete`; raises a ProviderError subclass
+        on failure. What the answer says never holds the key, even from a server that echoes
+        it, and its model name and finish reason are short and printable."""
+        completion = await self._complete(request)
+        try:
+            # JSON escapes can spell lone surrogates, which no result can be stored or sent with.
+            completion.content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadResponse(
+                f"{self._name}: the answer is not valid Unicode", provider=self._name
+            ) from None
+        return replace(
+            completion,
+            content=self._redactor.hide(completion.content),
+            model=self._redactor.label(completion.model),
+            finish_reason=self._redactor.label(completion.finish_reason),
+        )
+
+    async def _complete(self, request: CompletionRequest) -> Completion:
+        """The vendor's own call and parsing: each subclass implements it."""
+        raise NotImplementedError
 
     async def aclose(self) -> None:
         """Leaves the shared HTTP client open: its owner closes it."""

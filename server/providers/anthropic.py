@@ -63,7 +63,7 @@ class AnthropicProvider(HttpProvider):
             name, base_url, model, context_window, http_client, request_timeout, api_key, headers
         )
 
-    async def complete(self, request: CompletionRequest) -> Completion:
+    async def _complete(self, request: CompletionRequest) -> Completion:
         """POSTs one message; raises a ProviderError subclass on any failure."""
         model = request.model or self._model
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")
@@ -109,7 +109,8 @@ class AnthropicProvider(HttpProvider):
                 raise InvalidRequest(f"{self._name}: the model refused", provider=self._name)
             detail = self._redactor.excerpt(error_message(body)) if "error" in data else ""
             raise BadResponse(
-                f"{self._name}: the answer has no text (stop_reason={stop_reason or '?'})"
+                f"{self._name}: the answer has no text"
+                f" (stop_reason={self._redactor.label(stop_reason) or '?'})"
                 + (f": {detail}" if detail else ""),
                 provider=self._name,
             )

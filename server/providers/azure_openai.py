@@ -66,7 +66,7 @@ class AzureOpenAIProvider(HttpProvider):
     def deployment(self) -> str:
         return self._deployment
 
-    async def complete(self, request: CompletionRequest) -> Completion:
+    async def _complete(self, request: CompletionRequest) -> Completion:
         """POSTs one chat completion to the deployment; raises a ProviderError subclass on failure.
 
         A task naming its own model is still answered by this deployment: on

@@ -68,7 +68,7 @@ class GeminiProvider(HttpProvider):
             name, base_url, model, context_window, http_client, request_timeout, api_key, headers
         )
 
-    async def complete(self, request: CompletionRequest) -> Completion:
+    async def _complete(self, request: CompletionRequest) -> Completion:
         """POSTs one generateContent; raises a ProviderError subclass on any failure."""
         model = (request.model or self._model).removeprefix("models/")
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")
@@ -120,7 +120,7 @@ class GeminiProvider(HttpProvider):
         block = feedback.get("blockReason") if isinstance(feedback, dict) else None
         if block:
             raise InvalidRequest(
-                f"{self._name}: the prompt was blocked ({self._redactor.excerpt(str(block))})",
+                f"{self._name}: the prompt was blocked ({self._redactor.label(block) or '?'})",
                 provider=self._name,
             )
         candidates = data.get("candidates")
@@ -142,7 +142,8 @@ class GeminiProvider(HttpProvider):
         if not text.strip():
             error = InvalidRequest if finish_reason in _BLOCKED else BadResponse
             raise error(
-                f"{self._name}: the answer has no text (finishReason={finish_reason or '?'})",
+                f"{self._name}: the answer has no text"
+                f" (finishReason={self._redactor.label(finish_reason) or '?'})",
                 provider=self._name,
             )
         usage = data.get("usageMetadata")

@@ -49,7 +49,7 @@ class OllamaProvider(HttpProvider):
             name, base_url, model, context_window, http_client, request_timeout, api_key, headers
         )
 
-    async def complete(self, request: CompletionRequest) -> Completion:
+    async def _complete(self, request: CompletionRequest) -> Completion:
         """POSTs one chat turn; raises a ProviderError subclass on any failure."""
         model = request.model or self._model
         payload: dict[str, Any] = {
@@ -94,7 +94,8 @@ class OllamaProvider(HttpProvider):
         if not isinstance(content, str) or not content.strip():
             detail = self._redactor.excerpt(error_message(body)) if "error" in data else ""
             raise BadResponse(
-                f"{self._name}: the answer has no content (done_reason={done_reason or '?'})"
+                f"{self._name}: the answer has no content"
+                f" (done_reason={self._redactor.label(done_reason) or '?'})"
                 + (f": {detail}" if detail else ""),
                 provider=self._name,
             )

@@ -67,7 +67,7 @@ class OpenAIProvider(HttpProvider):
             name, base_url, model, context_window, http_client, request_timeout, api_key, headers
         )
 
-    async def complete(self, request: CompletionRequest) -> Completion:
+    async def _complete(self, request: CompletionRequest) -> Completion:
         """POSTs one chat completion; raises a ProviderError subclass on any failure."""
         model = request.model or self._model
         payload = {
@@ -133,7 +133,8 @@ def parse_chat_completion(
                 f"{provider}: the answer was withheld by the content filter", provider=provider
             )
         raise BadResponse(
-            f"{provider}: the answer has no content (finish_reason={finish_reason or '?'})",
+            f"{provider}: the answer has no content"
+            f" (finish_reason={redactor.label(finish_reason) or '?'})",
             provider=provider,
         )
     usage = data.get("usage")

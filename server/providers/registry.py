@@ -34,6 +34,8 @@ _OFFLINE_FALLBACK = ProviderConfig(name="offline", kind="offline")
 # These vendors refuse every call without a key; openai-compatible servers and
 # Ollama often run without one.
 _KEY_REQUIRED = frozenset({"anthropic", "azure_openai", "gemini"})
+# Keys are a few hundred bytes; a path to a large file (or /dev/zero) is a mistake.
+_MAX_KEY_FILE_BYTES = 16 * 1024
 
 
 class ProviderSet:
@@ -85,10 +87,10 @@ def build_providers(
 ) -> ProviderSet:
     """The enabled providers of `configs`, lower `priority` first and ties in config order.
 
-    API keys are read from `env`, from the variable each `api_key_env` names;
-    anthropic, azure_openai and gemini must name one. A missing base_url is
-    the vendor's public address. Without any enabled provider the set holds
-    one OfflineProvider. An `http_client` passed in stays the caller's to
+    API keys are read from `env`, from the variable each `api_key_env` names, or
+    from the file `api_key_file` names; anthropic, azure_openai and gemini need
+    one. A missing base_url is the vendor's public address. Without any enabled
+    provider the set holds one OfflineProvider. An `http_client` passed in stays the caller's to
     close; otherwise one is made, sized to `processor.max_concurrent_requests`,
     and the set closes it.
     """
@@ -107,8 +109,11 @@ def build_providers(
     for index, config in enabled:
         if config.kind not in PROVIDER_KINDS:
             raise ConfigError(f"providers[{index}].kind", f"unknown kind {config.kind!r}")
-        if config.kind in _KEY_REQUIRED and not config.api_key_env:
-            raise ConfigError(f"providers[{index}].api_key_env", f"required for kind {config.kind}")
+        if config.kind in _KEY_REQUIRED and not (config.api_key_env or config.api_key_file):
+            raise ConfigError(
+                f"providers[{index}].api_key_env",
+                f"required for kind {config.kind} (or api_key_file)",
+            )
     keys = {
         index: _api_key(index, config, env) for index, config in enabled if config.kind != "offline"
     }
@@ -176,13 +181,43 @@ def _build(
 
 
 def _api_key(index: int, config: ProviderConfig, env: Mapping[str, str]) -> str | None:
-    """The key from the variable `config.api_key_env` names; None when it names none."""
-    if not config.api_key_env:
+    """The key from `config.api_key_env`'s variable or `config.api_key_file`; None without one.
+
+    Every error names the field and never shows the key, or any part of it.
+    """
+    if config.api_key_file:
+        field, source = f"providers[{index}].api_key_file", config.api_key_file
+        key = _read_key_file(field, source)
+    elif config.api_key_env:
+        field, source = f"providers[{index}].api_key_env", config.api_key_env
+        key = env.get(source, "")
+        if not key:
+            raise ConfigError(field, f"environment variable {source} is not set")
+    else:
         return None
-    key = env.get(config.api_key_env, "")
-    if not key:
+    # It goes into an HTTP header: anything else would fail every call, with an error from
+    # the HTTP library that quotes the header, key and all.
+    if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
         raise ConfigError(
-            f"providers[{index}].api_key_env",
-            f"environment variable {config.api_key_env} is not set",
+            field, f"the key in {source} holds spaces, control or non-ASCII characters"
         )
+    return key
+
+
+def _read_key_file(field: str, path: str) -> str:
+    try:
+        with open(path, "rb") as file:
+            data = file.read(_MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(field, f"cannot read {path}: {reason}") from None
+    if len(data) > _MAX_KEY_FILE_BYTES:
+        raise ConfigError(field, f"{path} is over {_MAX_KEY_FILE_BYTES} bytes: not a key file")
+    try:
+        # Not the decoder's own message: it quotes the bad byte, a piece of the key.
+        key = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(field, f"{path} is not UTF-8 text") from None
+    if not key:
+        raise ConfigError(field, f"{path} is empty")
     return key

@@ -30,6 +30,8 @@ def context_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) ->
     carrier = {
         key: value.decode("ascii", "replace") if isinstance(value, bytes) else value
         for key, value in metadata or ()
-        if not key.endswith("-bin")
+        # aiproc uses no baggage, and OpenTelemetry's baggage parser logs a warning quoting
+        # each malformed member: any caller could fill the server's log with its own text.
+        if not key.endswith("-bin") and key != "baggage"
     }
     return propagate.extract(carrier)

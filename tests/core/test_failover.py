@@ -12,7 +12,7 @@ import pytest
 from aiproc.server.config import ProviderConfig, load_config
 from aiproc.server.core.errors import TransientError
 from aiproc.server.core.events import EventBus, EventKind, ProviderEvent
-from aiproc.server.core.failover import FailoverManager, Lease, NoProvider
+from aiproc.server.core.failover import MAX_PAUSE, FailoverManager, Lease, NoProvider
 from aiproc.server.core.provider_pool import ProviderSlot, build_slots
 from aiproc.server.providers.base import Completion, CompletionRequest
 from aiproc.server.resilience.breaker import BreakerState
@@ -310,3 +310,13 @@ def test_a_replica_without_breakers_ignores_remote_breaker_moves() -> None:
     assert replica.slot().breaker is None
     assert replica.events.seen == []
     assert isinstance(replica.failover.choose(), Lease)
+
+
+def test_a_pause_asked_for_is_at_most_an_hour_here_and_elsewhere() -> None:
+    replica = Replica()
+    replica.failover.rate_limited(replica.lease(), 1e300, "429 Retry-After: 1e300")
+    assert replica.signals.sent == [("paused", "primary", MAX_PAUSE)]
+    assert replica.slot().quota.paused_for(replica.clock.monotonic()) == MAX_PAUSE
+    other = Replica()
+    other.failover.remote_paused("primary", 1e300)
+    assert other.slot().quota.paused_for(other.clock.monotonic()) == MAX_PAUSE

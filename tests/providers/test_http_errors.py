@@ -139,3 +139,51 @@ def test_without_an_exhausted_limit_the_longest_reset_is_safe() -> None:
 @pytest.mark.parametrize(("value", "count"), [(12, 12), (0, 0), (-1, 0), (True, 0), ("3", 0)])
 def test_token_counts_are_non_negative_integers_or_zero(value: object, count: int) -> None:
     assert token_count(value) == count
+
+
+SECRET = "Zq7-unusual-key-5f1e9c0d2b"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Echoed headers and query strings: the value after a key-named field goes.
+        ('{"x-api-key": "other-key-123", "n": 1}', '{"[redacted]", "n": 1}'),
+        ("api_key=abc123&model=m", "[redacted]&model=m"),
+        ("authorization: Basic dXNlcjpwdw==", "[redacted]"),
+        ("token=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.sig", "[redacted]"),
+        ("see eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2ln", "see [redacted]"),
+        # Words that only look like those fields stay.
+        ("max_tokens: 4096 is too many tokens", "max_tokens: 4096 is too many tokens"),
+        # Bidi overrides, zero-width and C1 controls could make a line show something else.
+        ("evil\u202etxt.exe\u200b\x85\x9bok", "evil txt.exe ok"),
+        ("line\u2028break\r\nand\x00nul", "line break and nul"),
+    ],
+)
+def test_excerpts_hide_credential_fields_and_unprintable_characters(
+    text: str, expected: str
+) -> None:
+    assert Redactor().excerpt(text) == expected
+
+
+def test_a_secret_cut_by_the_scan_limit_does_not_show_its_start() -> None:
+    redactor = Redactor((SECRET,))
+    body = (" " * 4090 + SECRET).encode()  # the first 4096 characters hold 6 of the secret
+    excerpt = redactor.excerpt(error_message(body))
+    assert excerpt == "[redacted]"
+
+
+def test_huge_and_deeply_nested_error_bodies_are_cheap_and_short() -> None:
+    nested = b'{"error": ' + b"[" * 900 + b"]" * 900 + b"}"
+    assert error_message(nested) == ""
+    assert error_message(b'{"error": {"message": {"deep": [1, 2]}, "type": "t"}}') == "t"
+    huge = b'{"error": {"message": "' + b"A" * (8 * 1024 * 1024) + b'"}}'
+    excerpt = Redactor((SECRET,)).excerpt(error_message(huge))
+    assert len(excerpt) <= 201
+
+
+def test_labels_are_strings_or_nothing() -> None:
+    redactor = Redactor((SECRET,))
+    assert redactor.label(f"stop {SECRET}") == "stop [redacted]"
+    assert redactor.label({"nested": ["x"]}) == ""
+    assert redactor.label("r" * 5000) == "r" * 200 + "…"

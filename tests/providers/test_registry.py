@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from aiproc.server.config import ConfigError, ProcessorConfig, ProviderConfig
+from aiproc.server.config import Config, ConfigError, ProcessorConfig, ProviderConfig, validate
 from aiproc.server.core.errors import ProviderTimeout
 from aiproc.server.fakes.anthropic_dialect import AnthropicDialect
 from aiproc.server.fakes.azure_dialect import AzureDialect
@@ -310,3 +311,68 @@ async def test_vendor_settings_reach_the_wire(client: httpx.AsyncClient) -> None
     [local] = ollama_fake.requests
     assert local.headers["authorization"] == "Bearer proxy-key"
     assert local.body["options"]["num_ctx"] == 4096
+
+
+KEY_IN_FILE = "sk-file-key-Q2w3E4r5T6y7"
+
+
+async def test_a_key_file_is_read_once_with_its_trailing_newline_dropped(
+    tmp_path: Path, fake: FakeOpenAIServer
+) -> None:
+    key_file = tmp_path / "openai.key"
+    key_file.write_text(KEY_IN_FILE + "\r\n")
+    configs = [openai("filed", fake.base_url, api_key_file=str(key_file))]
+    providers = build_providers(configs, PROCESSOR, env={})
+    try:
+        key_file.unlink()  # read at start-up: the file is not needed again
+        [provider] = providers
+        await provider.complete(REQUEST)
+    finally:
+        await providers.aclose()
+    assert fake.requests[-1].headers["authorization"] == f"Bearer {KEY_IN_FILE}"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "cannot read"),
+        (b"", "is empty"),
+        (b"\n\n", "is empty"),
+        (b"\xff" + KEY_IN_FILE.encode(), "not UTF-8"),
+        (KEY_IN_FILE.encode() * 1000, "not a key file"),
+        (b"sk-two words\n", "spaces, control or non-ASCII"),
+        (b"sk-\x1bkey\n", "spaces, control or non-ASCII"),
+    ],
+)
+def test_an_unusable_key_file_is_one_error_naming_the_field_never_the_key(
+    tmp_path: Path, content: bytes | None, reason: str
+) -> None:
+    key_file = tmp_path / "key"
+    if content is not None:
+        key_file.write_bytes(content)
+    configs = [vendor("claude", "anthropic", api_key_file=str(key_file))]
+
+    with pytest.raises(ConfigError) as caught:
+        build_providers(configs, PROCESSOR, env={})
+
+    assert caught.value.field == "providers[0].api_key_file"
+    assert reason in str(caught.value)
+    assert str(key_file) in str(caught.value)
+    for piece in ("sk-", "Q2w3", "words", "\\xff", "\xff"):
+        assert piece not in str(caught.value).replace(str(key_file), "")
+
+
+def test_a_key_from_the_environment_is_checked_as_well() -> None:
+    configs = [openai("spaced", api_key_env="SPACED")]
+    with pytest.raises(ConfigError) as caught:
+        build_providers(configs, PROCESSOR, env={"SPACED": "sk-abc def"})
+    assert caught.value.field == "providers[0].api_key_env"
+    assert "abc" not in str(caught.value)
+
+
+def test_a_key_needs_exactly_one_source() -> None:
+    both = vendor("claude", "anthropic", api_key_env="A_KEY", api_key_file="/run/key")
+    with pytest.raises(ConfigError) as caught:
+        validate(Config(providers=(both,)))
+    assert caught.value.field == "providers[0].api_key_file"
+    assert "not both" in str(caught.value)
