@@ -500,7 +500,8 @@ UNCLAIM = (
     PRELUDE
     + """
 -- ARGV: prefix, task id. A claimed task this replica will not run waits again, in the
--- place it had; unless it is no longer QUEUED (cancelled meanwhile: nothing to do).
+-- place it had; unless it is no longer QUEUED (cancelled meanwhile: nothing to do). The
+-- start CLAIM booked against its tenant's share stays booked: a lost slot only slows it.
 local id = ARGV[2]
 local key = task_key(id)
 if redis.call('HGET', key, 'state') ~= 'queued' then

@@ -228,6 +228,8 @@ class TaskQueue:
 
     def _serve(self) -> None:
         """Hands tasks that may start to waiting workers, first come first served."""
+        if not self._waiters:
+            return
         now = self._clock.monotonic()
         while self._waiters:
             if self._waiters[0].done():

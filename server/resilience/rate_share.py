@@ -78,7 +78,7 @@ class ShareSchedule:
     docstring); times are seconds of one monotonic clock."""
 
     def __init__(self, shares: RateShares) -> None:
-        self.shares = shares
+        self._shares = shares
         # Capped tenants' TATs, least recently booked first. A TAT that has passed says
         # what a missing one says (a full burst), so those at the front are dropped as
         # time goes by: tenants that come and go leave nothing behind.
@@ -86,7 +86,7 @@ class ShareSchedule:
 
     def ready_at(self, tenant: str, now: float) -> float:
         """When `tenant` may start its next task: `now` if it may now."""
-        share = self.shares.of(tenant)
+        share = self._shares.of(tenant)
         tat = self._tat.get(tenant)
         if share is None or tat is None:
             return now
@@ -94,7 +94,7 @@ class ShareSchedule:
 
     def book(self, tenant: str, now: float) -> None:
         """Counts a start of `tenant`'s at `now` (which `ready_at` allowed)."""
-        share = self.shares.of(tenant)
+        share = self._shares.of(tenant)
         if share is None:
             return
         tat = max(self._tat.pop(tenant, now), now) + share.interval
