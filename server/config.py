@@ -361,6 +361,9 @@ class TenantQuota:
     """The caller identity it applies to."""
     max_queued: int = 0
     """Tasks this tenant may have waiting; 0 means quotas.max_queued_per_tenant."""
+    rate_share: float = 0.0
+    """This tenant's share of processor.rate_limit_rps, in (0, 1]; 0 means
+    quotas.rate_share_per_tenant. Default 0."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,8 +379,15 @@ class QuotasConfig:
     """Tasks any one tenant may have waiting; beyond, its QueueTask answers
     RESOURCE_EXHAUSTED while other tenants are still admitted. 0 means only
     processor.queue_size bounds it. Default 0."""
+    rate_share_per_tenant: float = 1.0
+    """The share of processor.rate_limit_rps any one tenant may start tasks at, in (0, 1]:
+    with share s a tenant starts at most s * rate_limit_rps tasks per second, after a burst
+    of max(1, s * rate_limit_burst). A tenant over its share is passed over (its tasks wait,
+    other tenants' run); it never holds a worker. 1.0 means no cap beyond the global limit.
+    Default 1.0."""
     tenants: tuple[TenantQuota, ...] = ()
-    """Tenants with limits of their own ([[quotas.tenants]] tenant = "...", max_queued = N)."""
+    """Tenants with limits of their own ([[quotas.tenants]] tenant = "...", max_queued = N,
+    rate_share = S)."""
 
     def max_queued(self, tenant: str) -> int:
         """The most tasks `tenant` may have waiting; 0 for no limit of its own."""
@@ -385,6 +395,13 @@ class QuotasConfig:
             if quota.tenant == tenant and quota.max_queued:
                 return quota.max_queued
         return self.max_queued_per_tenant
+
+    def rate_share(self, tenant: str) -> float:
+        """The share of the rate limit `tenant` may start tasks at; 1.0 for no cap."""
+        for quota in self.tenants:
+            if quota.tenant == tenant and quota.rate_share:
+                return quota.rate_share
+        return self.rate_share_per_tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -945,6 +962,10 @@ def _quotas(
 def _validate_quotas(cfg: QuotasConfig) -> None:
     if cfg.max_queued_per_tenant < 0:
         raise ConfigError("quotas.max_queued_per_tenant", "must not be negative")
+    if not 0 < cfg.rate_share_per_tenant <= 1:
+        raise ConfigError(
+            "quotas.rate_share_per_tenant", "must be above 0 and at most 1 (1: no cap)"
+        )
     seen: set[str] = set()
     for index, quota in enumerate(cfg.tenants):
         where = f"quotas.tenants[{index}]"
@@ -955,6 +976,10 @@ def _validate_quotas(cfg: QuotasConfig) -> None:
         seen.add(quota.tenant)
         if quota.max_queued < 0:
             raise ConfigError(f"{where}.max_queued", "must not be negative")
+        if not 0 <= quota.rate_share <= 1:
+            raise ConfigError(
+                f"{where}.rate_share", "must be between 0 and 1 (0: rate_share_per_tenant)"
+            )
 
 
 def validate(config: Config) -> None:

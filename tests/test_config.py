@@ -89,6 +89,12 @@ retry_delay = "1s"
         ("[[quotas.tenants]]\ntenant = 'a b'", "quotas.tenants[0].tenant"),
         ("[[quotas.tenants]]\ntenant = 'a'\nmax_queued = -2", "quotas.tenants[0].max_queued"),
         ("[[quotas.tenants]]\ntenant = 'a'\nburst = 2", "quotas.tenants[0].burst"),
+        ("[quotas]\nrate_share_per_tenant = 0", "quotas.rate_share_per_tenant"),
+        ("[quotas]\nrate_share_per_tenant = 1.5", "quotas.rate_share_per_tenant"),
+        ("[quotas]\nrate_share_per_tenant = nan", "quotas.rate_share_per_tenant"),
+        ("[quotas]\nrate_share_per_tenant = 'half'", "quotas.rate_share_per_tenant"),
+        ("[[quotas.tenants]]\ntenant = 'a'\nrate_share = -0.1", "quotas.tenants[0].rate_share"),
+        ("[[quotas.tenants]]\ntenant = 'a'\nrate_share = 2", "quotas.tenants[0].rate_share"),
         (
             "[[quotas.tenants]]\ntenant = 'a'\n[[quotas.tenants]]\ntenant = 'a'",
             "quotas.tenants[1].tenant",
@@ -146,6 +152,32 @@ tenant = "uses-the-default"
     assert config.quotas.max_queued("uses-the-default") == 200
     assert config.quotas.max_queued("anyone") == 200
     assert load_config(env={}).quotas.max_queued("anyone") == 0
+
+
+def test_rate_shares_have_a_default_and_tenants_of_their_own(tmp_path: Path) -> None:
+    toml = """
+[quotas]
+rate_share_per_tenant = 0.5
+
+[[quotas.tenants]]
+tenant = "batch"
+rate_share = 0.1
+
+[[quotas.tenants]]
+tenant = "interactive"
+rate_share = 1.0
+
+[[quotas.tenants]]
+tenant = "uses-the-default"
+max_queued = 10
+"""
+    env = {"AIPROC_QUOTAS_RATE_SHARE_PER_TENANT": "0.25"}
+    config = load_config(write(tmp_path, toml), env=env)
+    assert config.quotas.rate_share("batch") == 0.1
+    assert config.quotas.rate_share("interactive") == 1.0
+    assert config.quotas.rate_share("uses-the-default") == 0.25
+    assert config.quotas.rate_share("anyone") == 0.25
+    assert load_config(env={}).quotas.rate_share("anyone") == 1.0
 
 
 def test_a_redis_url_is_a_store(tmp_path: Path) -> None:

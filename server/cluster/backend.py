@@ -11,6 +11,7 @@ from aiproc.server.cluster.work_queue import RedisWorkQueue
 from aiproc.server.config import Config
 from aiproc.server.core.backend import Backend
 from aiproc.server.resilience.clock import Clock
+from aiproc.server.resilience.rate_share import RateShares
 
 
 async def open_redis_backend(config: Config, owned: AsyncExitStack, clock: Clock) -> Backend:
@@ -20,15 +21,17 @@ async def open_redis_backend(config: Config, owned: AsyncExitStack, clock: Clock
         server.store, prefix=server.redis_prefix, retention=server.result_ttl
     )
     owned.push_async_callback(store.close)
+    processor = config.processor
     queue = RedisWorkQueue(
         store,
-        config.processor.queue_size,
+        processor.queue_size,
         max_crashes=server.max_crashes,
         lease_ttl=server.lease_ttl,
         idempotency_window=server.idempotency_window,
         quotas=config.quotas,
+        shares=RateShares(config.quotas, processor.rate_limit_rps, processor.rate_limit_burst),
+        clock=clock,
     )
-    processor = config.processor
     return Backend(
         store=store,
         queue=queue,

@@ -58,6 +58,8 @@ class RedisKeys:
         """HASH "priority|client id" -> the tag of the client's newest waiting task there."""
         self.virtual_time = f"{prefix}:virtual_time"
         """HASH priority -> the highest tag claimed in that level."""
+        self.heads = f"{prefix}:heads"
+        """ZSET client id -> the score of its first waiting task (absent: none waiting)."""
 
     def task(self, task_id: str) -> str:
         """HASH of one task (see `server/cluster/store.py` for its fields)."""
@@ -66,6 +68,15 @@ class RedisKeys:
     def client_tasks(self, client_id: str) -> str:
         """ZSET of one client's task ids -> sequence."""
         return f"{self.prefix}:client:{client_id}:tasks"
+
+    def lane(self, client_id: str) -> str:
+        """ZSET of one client's waiting task ids, scored as in P:queue."""
+        return f"{self.prefix}:client:{client_id}:queue"
+
+    def share(self, client_id: str) -> str:
+        """STRING: the TAT of one client's share of the rate limit, in microseconds of Redis
+        time; it expires once passed (absent: the client may start a full burst)."""
+        return f"{self.prefix}:client:{client_id}:share"
 
     def pending(self, client_id: str) -> str:
         """ZSET of one client's unacknowledged result ids -> completion order."""

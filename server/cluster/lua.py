@@ -19,7 +19,10 @@ Conventions, shared through PRELUDE:
   idem) and never parse the JSON ones. Scripts add one of their own: `tag`,
   the task's virtual start tag in its priority level (see `enqueue`).
 - Every change to P:queue goes through `enqueue`, `unqueue` or CLAIM, which keep
-  the per-tenant waiting counts (P:tenant_waiting) in step with it.
+  in step with it each tenant's lane (P:client:{id}:queue, its waiting tasks with
+  the same scores), the lanes' heads (P:heads) and the per-tenant waiting counts
+  (P:tenant_waiting). CLAIM walks the heads, so it passes over a tenant that is
+  over its share of the rate limit in one step, whatever its backlog.
 - A reply holding a task is the flat HGETALL list, decoded by the store.
 - Numbers that must stay exact on the way back (scores, timestamps) are
   returned as strings: Lua numbers reach the client as truncated integers.
@@ -41,23 +44,38 @@ local FEED = P .. ':feed'
 local TENANT_WAITING = P .. ':tenant_waiting'
 local LAST_TAG = P .. ':last_tag'
 local VIRTUAL_TIME = P .. ':virtual_time'
+local HEADS = P .. ':heads'
 
 local function task_key(id) return P .. ':task:' .. id end
 local function client_tasks_key(client) return P .. ':client:' .. client .. ':tasks' end
 local function pending_key(client) return P .. ':client:' .. client .. ':pending' end
+local function lane_key(client) return P .. ':client:' .. client .. ':queue' end
+local function share_key(client) return P .. ':client:' .. client .. ':share' end
 
 -- keys.queue_score: higher priority first, then the virtual tag; exact below 2^53.
 local BAND = 17592186044416
 local function queue_score(prio, tag) return (5 - prio) * BAND + tag end
 
-local function now_ms()
+local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function now_ms() return now_us() / 1000 end
+
+-- A tenant's score in HEADS is that of its first waiting task; with none, it is not there.
+local function update_head(client)
+  local first = redis.call('ZRANGE', lane_key(client), 0, 0, 'WITHSCORES')
+  if first[1] then
+    redis.call('ZADD', HEADS, first[2], client)
+  else
+    redis.call('ZREM', HEADS, client)
+  end
 end
 
 -- Makes a task wait. Within a priority level tenants take turns (start-time fair
 -- queuing, as core/queue.py): a task's tag is its tenant's last tag in the level or the
--- level's virtual time (the tag of the task claimed last), whichever is later, plus one.
+-- level's virtual time (the highest tag claimed there), whichever is later, plus one.
 -- With `keep_place` a task that was claimed but not run goes back to the tag it had, so
 -- it leaves again first.
 local function enqueue(id, key, keep_place)
@@ -70,14 +88,20 @@ local function enqueue(id, key, keep_place)
     redis.call('HSET', LAST_TAG, level, tag)
     redis.call('HSET', key, 'tag', tag)
   end
-  if redis.call('ZADD', QUEUE, queue_score(prio, tag), id) == 1 then
+  local score = queue_score(prio, tag)
+  if redis.call('ZADD', QUEUE, score, id) == 1 then
     redis.call('HINCRBY', TENANT_WAITING, client, 1)
   end
+  redis.call('ZADD', lane_key(client), score, id)
+  update_head(client)
 end
 
--- Counts a task of `client` that left the queue. A tenant with nothing left waiting
--- forgets its tags, so tenants that come and go leave nothing behind.
-local function left_queue(client)
+-- Books out of its tenant's lane a task of `client` that left P:queue, and counts it. A
+-- tenant with nothing left waiting forgets its tags, so tenants that come and go leave
+-- nothing behind.
+local function left_queue(id, client)
+  redis.call('ZREM', lane_key(client), id)
+  update_head(client)
   if redis.call('HINCRBY', TENANT_WAITING, client, -1) <= 0 then
     redis.call('HDEL', TENANT_WAITING, client)
     for prio = 1, 4 do
@@ -89,7 +113,7 @@ end
 -- Takes a task out of the queue if it waits there.
 local function unqueue(id, key)
   if redis.call('ZREM', QUEUE, id) == 1 then
-    left_queue(redis.call('HGET', key, 'client'))
+    left_queue(id, redis.call('HGET', key, 'client'))
   end
 end
 
@@ -400,24 +424,61 @@ return {expired, #ids, undelivered()}
 CLAIM = (
     PRELUDE
     + """
--- ARGV: prefix, most ids to take, lease in ms. Returns the ids, first to run first.
--- Each is leased: if this replica dies, RECLAIM puts it back once the lease ends.
-local popped = redis.call('ZPOPMIN', QUEUE, tonumber(ARGV[2]))
-local deadline = now_ms() + tonumber(ARGV[3])
-local ids = {}
-for i = 1, #popped, 2 do
-  local id = popped[i]
-  local f = redis.call('HMGET', task_key(id), 'prio', 'client')
-  local prio = tonumber(f[1])
-  local tag = tonumber(popped[i + 1]) - (5 - prio) * BAND
-  if tag > tonumber(redis.call('HGET', VIRTUAL_TIME, prio) or '0') then
-    redis.call('HSET', VIRTUAL_TIME, prio, tag)
-  end
-  left_queue(f[2])
-  redis.call('ZADD', LEASES, deadline, id)
-  ids[#ids + 1] = id
+-- ARGV: prefix, most ids to take, lease in ms, then the tenants' shares of the rate limit
+--       (resilience/rate_share.py) in microseconds: the default interval and tolerance
+--       (interval 0: no cap), then tenant, interval, tolerance for each tenant with a share
+--       of its own.
+-- Returns {microseconds until the first tenant passed over may start (-1: none was), the
+--          ids, first to run first}.
+-- Each id is leased: if this replica dies, RECLAIM puts it back once the lease ends.
+-- Tenants are looked at in the order of their first waiting task (HEADS), which is the
+-- queue's order, so taking each one's first task takes P:queue's lowest scores. A tenant
+-- over its share keeps its place and is passed over; the next tenant's task is taken.
+-- A share is a GCRA on Redis's clock (cluster/rate_limiter.py, without booking ahead): the
+-- tenant may start when TAT - tolerance <= now; a start books TAT = max(TAT, now) +
+-- interval, in a key that expires once the TAT has passed.
+local want = tonumber(ARGV[2])
+local now = now_us()
+local deadline = now / 1000 + tonumber(ARGV[3])
+local default = {tonumber(ARGV[4]), tonumber(ARGV[5])}
+local own = {}
+for i = 6, #ARGV, 3 do
+  own[ARGV[i]] = {tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])}
 end
-return ids
+local out = {-1}
+local rank = 0
+while #out - 1 < want do
+  local client = redis.call('ZRANGE', HEADS, rank, rank)[1]
+  if not client then break end
+  local share = own[client] or default
+  local tat = now
+  if share[1] > 0 then
+    tat = math.max(tonumber(redis.call('GET', share_key(client)) or '0'), now)
+  end
+  local ready = tat - share[2]
+  if ready > now then
+    if out[1] < 0 or ready - now < out[1] then out[1] = ready - now end
+    rank = rank + 1
+  else
+    if share[1] > 0 then
+      tat = tat + share[1]
+      redis.call('SET', share_key(client), string.format('%.0f', tat),
+                 'PX', math.ceil((tat - now) / 1000))
+    end
+    local first = redis.call('ZRANGE', lane_key(client), 0, 0, 'WITHSCORES')
+    local id = first[1]
+    local prio = tonumber(redis.call('HGET', task_key(id), 'prio'))
+    local tag = tonumber(first[2]) - (5 - prio) * BAND
+    if tag > tonumber(redis.call('HGET', VIRTUAL_TIME, prio) or '0') then
+      redis.call('HSET', VIRTUAL_TIME, prio, tag)
+    end
+    redis.call('ZREM', QUEUE, id)
+    left_queue(id, client)
+    redis.call('ZADD', LEASES, deadline, id)
+    out[#out + 1] = id
+  end
+end
+return out
 """
 )
 
@@ -439,7 +500,8 @@ UNCLAIM = (
     PRELUDE
     + """
 -- ARGV: prefix, task id. A claimed task this replica will not run waits again, in the
--- place it had; unless it is no longer QUEUED (cancelled meanwhile: nothing to do).
+-- place it had; unless it is no longer QUEUED (cancelled meanwhile: nothing to do). The
+-- start CLAIM booked against its tenant's share stays booked: a lost slot only slows it.
 local id = ARGV[2]
 local key = task_key(id)
 if redis.call('HGET', key, 'state') ~= 'queued' then

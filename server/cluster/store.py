@@ -29,9 +29,10 @@ atomic. Reads of one key are plain commands.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import redis.asyncio as redis_asyncio
@@ -42,6 +43,7 @@ from aiproc.server.cluster.connection import open_redis
 from aiproc.server.cluster.keys import PRIORITY_BAND, RedisKeys, queue_score
 from aiproc.server.core.errors import QueueFull, TenantQueueFull
 from aiproc.server.core.models import Priority, Task, TaskResult, TaskState
+from aiproc.server.resilience.rate_share import RateShares, Spacing
 from aiproc.server.store.codec import (
     dumps,
     result_from_json,
@@ -49,6 +51,20 @@ from aiproc.server.store.codec import (
     spec_from_json,
     spec_to_json,
 )
+
+_MICROS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What one claim took."""
+
+    ids: list[str]
+    """The ids claimed, first to run first."""
+    held_back_for: float | None
+    """Seconds until the first tenant passed over (over its share) may start; None if no
+    tenant was passed over."""
+
 
 # The client is made with decode_responses=True, so the casts below from redis-py's
 # `bytes | str` replies to str are true.
@@ -273,13 +289,20 @@ class RedisStore:
         count = await self.client.hget(self.keys.tenant_waiting, client_id)
         return int(count or 0)
 
-    async def claim(self, n: int, lease_seconds: float) -> list[str]:
-        """Takes up to `n` waiting task ids, highest priority and oldest first, leased to
-        this replica for `lease_seconds` (renew() keeps them; reclaim() ends them)."""
+    async def claim(
+        self, n: int, lease_seconds: float, shares: RateShares | None = None
+    ) -> Claimed:
+        """Takes up to `n` waiting task ids in queue order (highest priority first, tenants
+        taking turns), leased to this replica for `lease_seconds` (renew() keeps them;
+        reclaim() ends them).
+
+        With `shares`, a tenant over its share of the rate limit is passed over and its
+        tasks keep their places; each id taken counts as a start of its tenant's."""
         if n <= 0:
-            return []
-        ids: list[str] = await self._run(self._claim, n, _lease_ms(lease_seconds))
-        return ids
+            return Claimed([], None)
+        reply = await self._run(self._claim, n, _lease_ms(lease_seconds), *_share_arguments(shares))
+        wait_us = int(reply[0])
+        return Claimed(list(reply[1:]), None if wait_us < 0 else wait_us / _MICROS)
 
     async def renew(self, task_ids: Collection[str], lease_seconds: float) -> None:
         """Extends these tasks' leases to `lease_seconds` from now; a lease that already
@@ -437,6 +460,24 @@ def _ms(seconds: float) -> int:
 def _lease_ms(seconds: float) -> float:
     """A lease in ms for the scripts, kept fractional: leases are measured in fractional ms."""
     return seconds * 1000
+
+
+def _share_arguments(shares: RateShares | None) -> list[str | int]:
+    """CLAIM's share arguments: the default spacing, then each tenant's own, in whole
+    microseconds (rounded so that a tenant can only be slower, never faster)."""
+    if shares is None:
+        return [0, 0]
+    arguments: list[str | int] = [*_spacing_us(shares.default)]
+    for tenant, spacing in shares.own.items():
+        arguments += [tenant, *_spacing_us(spacing)]
+    return arguments
+
+
+def _spacing_us(spacing: Spacing | None) -> tuple[int, int]:
+    """(interval, tolerance) in microseconds; (0, 0) for no cap."""
+    if spacing is None:
+        return 0, 0
+    return max(1, math.ceil(spacing.interval * _MICROS)), math.floor(spacing.tolerance * _MICROS)
 
 
 def _flat(fields: Mapping[str, str]) -> list[str]:

@@ -7,6 +7,12 @@ while the task runs; if the replica dies, the lease runs out and any replica's
 reclaimer puts the task back in the queue (counting a crash), or dead-letters it
 after max_crashes. An empty queue is waited on through the `wake` channel, with
 a slow poll behind it in case a message is missed.
+
+A tenant over its share of the rate limit is passed over by the claim itself
+(lua.CLAIM), so its tasks never reach a worker early and never hold one. When
+only such tenants have tasks waiting, the claim says when the first of them
+may start, and the dispatcher waits until then (on the injected clock) or a
+wake, whichever comes first.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from aiproc.server.core.errors import StoreError
 from aiproc.server.core.models import Priority, Task
 from aiproc.server.core.queue import QueueClosed
 from aiproc.server.core.work import DeadLetter
+from aiproc.server.resilience.clock import Clock, SystemClock
+from aiproc.server.resilience.rate_share import RateShares
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +57,13 @@ class RedisWorkQueue:
         lease_ttl: float,
         idempotency_window: float,
         quotas: QuotasConfig | None = None,
+        shares: RateShares | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._store = store
         self._quotas = quotas or QuotasConfig()
+        self._shares = shares
+        self._clock = clock or SystemClock()
         self._idempotency_window = idempotency_window
         self._capacity = capacity
         self._max_crashes = max_crashes
@@ -60,7 +72,8 @@ class RedisWorkQueue:
         self._wanted = asyncio.Event()
         """Set while a worker waits for an id."""
         self._woken = asyncio.Event()
-        """Set when some replica made a task waiting since the dispatcher last looked."""
+        """Set when some replica made a task waiting since the dispatcher last looked, or
+        when a tenant it passed over may start by now."""
         self._held: set[str] = set()
         """Ids claimed by this replica and not yet done: their leases are renewed."""
         self._depths = dict.fromkeys(Priority, 0)
@@ -177,16 +190,32 @@ class RedisWorkQueue:
             # Cleared before looking, so a task queued while we look wakes us.
             self._woken.clear()
             try:
-                claimed = await self._store.claim(wanted, self._lease_ttl)
+                claimed = await self._store.claim(wanted, self._lease_ttl, self._shares)
             except (RedisError, StoreError) as exc:
                 log.warning("queue: cannot claim tasks from Redis (%s); retrying", exc)
                 await asyncio.sleep(ERROR_PAUSE)
                 continue
-            for task_id in claimed:
+            for task_id in claimed.ids:
                 await self._hand_over(task_id)
-            if not claimed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._woken.wait(), IDLE_POLL)
+            if not claimed.ids:
+                await self._idle(claimed.held_back_for)
+
+    async def _idle(self, held_back_for: float | None) -> None:
+        """Waits for a wake, for `held_back_for` seconds when tenants were passed over, or
+        for IDLE_POLL, whichever ends first."""
+        alarm = None
+        if held_back_for is not None:
+            alarm = asyncio.create_task(self._wake_after(held_back_for))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), IDLE_POLL)
+        finally:
+            if alarm is not None:
+                alarm.cancel()
+
+    async def _wake_after(self, seconds: float) -> None:
+        await self._clock.sleep(seconds)
+        self._woken.set()
 
     async def _hand_over(self, task_id: str) -> None:
         while self._waiters:

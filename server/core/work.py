@@ -19,6 +19,8 @@ from aiproc.server.config import QuotasConfig
 from aiproc.server.core.errors import QueueFull, TenantQueueFull
 from aiproc.server.core.models import ErrorCode, Task, TaskError, TaskResult, TaskState
 from aiproc.server.core.queue import TaskQueue
+from aiproc.server.resilience.clock import Clock
+from aiproc.server.resilience.rate_share import RateShares, ShareSchedule
 from aiproc.server.store.base import TaskStore
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,11 @@ class WorkQueue(Protocol):
 
 
 class LocalWorkQueue:
-    """Waiting ids in this process, over a store that only this process uses."""
+    """Waiting ids in this process, over a store that only this process uses.
+
+    With `shares`, each tenant starts tasks no faster than its share of the rate limit,
+    timed on `clock` (see core/queue.py).
+    """
 
     def __init__(
         self,
@@ -100,9 +106,13 @@ class LocalWorkQueue:
         capacity: int,
         max_crashes: int,
         quotas: QuotasConfig | None = None,
+        *,
+        shares: RateShares | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._store = store
-        self._queue = TaskQueue(capacity)
+        schedule = None if shares is None else ShareSchedule(shares)
+        self._queue = TaskQueue(capacity, schedule, clock)
         self._max_crashes = max_crashes
         self._quotas = quotas or QuotasConfig()
         self._admitting: Counter[str] = Counter()

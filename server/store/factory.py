@@ -11,6 +11,7 @@ from aiproc.server.core.replicas import LoneReplica
 from aiproc.server.core.work import LocalWorkQueue
 from aiproc.server.resilience.clock import Clock
 from aiproc.server.resilience.rate_limiter import RateLimiter
+from aiproc.server.resilience.rate_share import RateShares
 from aiproc.server.store.base import TaskStore
 from aiproc.server.store.lock import DataDirLock
 from aiproc.server.store.memory import MemoryStore
@@ -29,7 +30,14 @@ async def open_backend(config: Config, owned: AsyncExitStack, clock: Clock) -> B
     processor = config.processor
     return Backend(
         store=store,
-        queue=LocalWorkQueue(store, processor.queue_size, config.server.max_crashes, config.quotas),
+        queue=LocalWorkQueue(
+            store,
+            processor.queue_size,
+            config.server.max_crashes,
+            config.quotas,
+            shares=RateShares(config.quotas, processor.rate_limit_rps, processor.rate_limit_burst),
+            clock=clock,
+        ),
         limiter=RateLimiter(processor.rate_limit_rps, processor.rate_limit_burst, clock),
         bus=LoneReplica(),
     )

@@ -1,15 +1,18 @@
-"""Tenants over the API: they take turns within a priority level, and each has its own quota
-of waiting tasks; on every store, since a shared Redis queue must behave as a local one."""
+"""Tenants over the API: they take turns within a priority level, each has its own quota of
+waiting tasks and its own share of the rate limit; on every store, since a shared Redis queue
+must behave as a local one."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 
 from aiproc.server.app import AiprocServer
+from aiproc.server.config import QuotasConfig, TenantQuota
 from aiproc.v1 import processor_service_pb2 as pb
 from aiproc.v1 import processor_service_pb2_grpc as pb_grpc
 from tests.api.test_server import queue_request
@@ -57,6 +60,29 @@ async def test_tenants_take_turns_within_a_priority_level(
     assert order.index("b-2") <= 3
     assert [n for n in order if n.startswith("a")] == ["a-1", "a-2", "a-3", "a-4"]
     assert [n for n in order if n.startswith("b")] == ["b-1", "b-2"]
+
+
+async def test_a_throttled_tenants_backlog_does_not_delay_another_tenant(
+    store: StoreSettings, start_server: ServerFactory, channel_to: Connect
+) -> None:
+    provider = GatedProvider()
+    config = make_config(server=store, processor={"num_workers": 1, "rate_limit_rps": 100.0})
+    # a may start 0.001 of 100 tasks a second: one, then one every 10 seconds.
+    config = replace(config, quotas=QuotasConfig(tenants=(TenantQuota("a", rate_share=0.001),)))
+    stub = channel_to(await start_server(config, providers=[provider]))
+    await queue_as(stub, "a", "a-1")
+    await provider.wait_calls(1)  # the only worker runs a's one start
+    for name in ("a-2", "a-3", "a-4", "a-5"):
+        await queue_as(stub, "a", name)
+    for name in ("b-1", "b-2"):
+        await queue_as(stub, "b", name)
+
+    provider.gate.set()
+    await provider.wait_calls(3)
+
+    # Taking turns alone would have run a-2 before b-1; a is over its share, so b's tasks
+    # go first, and the worker never waited for a.
+    assert [call.rsplit("/", 1)[1] for call in provider.calls[:3]] == ["a-1", "b-1", "b-2"]
 
 
 async def test_a_tenant_at_its_quota_is_refused_while_others_are_admitted(

@@ -23,8 +23,10 @@ from aiproc.server.cluster import store as store_module
 from aiproc.server.cluster.connection import open_redis
 from aiproc.server.cluster.keys import RedisKeys
 from aiproc.server.cluster.store import RedisStore
+from aiproc.server.config import QuotasConfig, TenantQuota
 from aiproc.server.core.errors import QueueFull, StoreError, TenantQueueFull
 from aiproc.server.core.models import Priority, TaskState
+from aiproc.server.resilience.rate_share import RateShares
 from tests.redis_support import REDIS_URL
 from tests.store.builders import result, task
 
@@ -119,7 +121,7 @@ async def test_admit_refuses_at_capacity_counting_only_waiting_tasks(store: Redi
         await store.admit(task("t3"), capacity=2)
 
     assert await store.get("t3") is None
-    assert await store.claim(1, LONG_LEASE) == ["t1"]  # claimed: no longer waiting
+    assert (await store.claim(1, LONG_LEASE)).ids == ["t1"]  # claimed: no longer waiting
     new, created = await store.admit(task("t3"), capacity=2)
     assert (new.task_id, new.sequence, created) == ("t3", 3, True)
 
@@ -218,12 +220,12 @@ async def test_claim_takes_highest_priority_first_then_oldest_across_replicas(
     for task_id, priority in order:
         await first.admit(task(task_id, priority=priority), capacity=10)
 
-    claimed = await first.claim(2, LONG_LEASE)
-    claimed += await second.claim(2, LONG_LEASE)
-    claimed += await first.claim(10, LONG_LEASE)
+    claimed = (await first.claim(2, LONG_LEASE)).ids
+    claimed += (await second.claim(2, LONG_LEASE)).ids
+    claimed += (await first.claim(10, LONG_LEASE)).ids
 
     assert claimed == ["critical", "high", "normal-1", "normal-2", "normal-3", "low"]
-    assert await second.claim(10, LONG_LEASE) == []
+    assert (await second.claim(10, LONG_LEASE)).ids == []
     assert not await first.is_waiting("low")
     now_ms = await server_time(first) * 1000
     for task_id in claimed:
@@ -240,8 +242,11 @@ async def test_tenants_take_turns_within_a_level_across_replicas(replica: Replic
     await second.admit(task("b2", "b"), capacity=20)
     await first.admit(task("c1", "c"), capacity=20)
 
-    rounds = [set(await first.claim(3, LONG_LEASE)), set(await second.claim(2, LONG_LEASE))]
-    rest = await first.claim(10, LONG_LEASE)
+    rounds = [
+        set((await first.claim(3, LONG_LEASE)).ids),
+        set((await second.claim(2, LONG_LEASE)).ids),
+    ]
+    rest = (await first.claim(10, LONG_LEASE)).ids
 
     assert rounds == [{"a1", "b1", "c1"}, {"a2", "b2"}]
     assert rest == ["a3", "a4", "a5"]
@@ -250,11 +255,11 @@ async def test_tenants_take_turns_within_a_level_across_replicas(replica: Replic
 async def test_a_newcomer_waits_behind_at_most_one_task_of_a_backlog(store: RedisStore) -> None:
     for n in range(1, 11):
         await store.admit(task(f"a{n:02}", "a"), capacity=20)
-    assert await store.claim(3, LONG_LEASE) == ["a01", "a02", "a03"]
+    assert (await store.claim(3, LONG_LEASE)).ids == ["a01", "a02", "a03"]
 
     await store.admit(task("b1", "b"), capacity=20)
 
-    assert set(await store.claim(2, LONG_LEASE)) == {"a04", "b1"}
+    assert set((await store.claim(2, LONG_LEASE)).ids) == {"a04", "b1"}
 
 
 async def test_a_tenant_at_its_limit_is_refused_and_others_are_not(store: RedisStore) -> None:
@@ -264,9 +269,24 @@ async def test_a_tenant_at_its_limit_is_refused_and_others_are_not(store: RedisS
     with pytest.raises(TenantQueueFull, match="tenant 'a' has 2 tasks waiting"):
         await store.admit(task("a3", "a"), capacity=10, tenant_limit=2)
     await store.admit(task("b1", "b"), capacity=10, tenant_limit=2)
-    assert await store.claim(1, LONG_LEASE) == ["a1"]
+    assert (await store.claim(1, LONG_LEASE)).ids == ["a1"]
     await store.admit(task("a3", "a"), capacity=10, tenant_limit=2)
     assert await store.get("a3") is not None
+
+
+async def assert_queue_bookkeeping_agrees(redis: Redis, keys: RedisKeys) -> None:
+    """Each tenant's waiting count, lane and head agree with P:queue itself."""
+    waiting = await redis.zrange(keys.queue, 0, -1, withscores=True)
+    lanes: dict[str, list[tuple[str, float]]] = {}
+    for task_id, score in waiting:
+        client = await redis.hget(keys.task(task_id), "client")
+        lanes.setdefault(client, []).append((task_id, score))
+    assert await redis.hgetall(keys.tenant_waiting) == {c: str(len(t)) for c, t in lanes.items()}
+    assert dict(await redis.zrange(keys.heads, 0, -1, withscores=True)) == {
+        client: tasks[0][1] for client, tasks in lanes.items()
+    }
+    for client, tasks in lanes.items():
+        assert await redis.zrange(keys.lane(client), 0, -1, withscores=True) == tasks
 
 
 async def test_waiting_counts_per_tenant_follow_every_way_in_and_out_of_the_queue(
@@ -275,35 +295,117 @@ async def test_waiting_counts_per_tenant_follow_every_way_in_and_out_of_the_queu
     keys = RedisKeys(store.keys.prefix)
     for name in ("a1", "a2", "a3", "b1", "b2"):
         await store.admit(task(name, name[0]), capacity=10)
-    claimed = await store.claim(2, LONG_LEASE)  # a1 and b1
+    claimed = (await store.claim(2, LONG_LEASE)).ids  # a1 and b1
     await store.unclaim(claimed[0])
     await store.mark_running(claimed[1], 1001.0)
     await store.give_back(claimed[1])
     await store.finish(result(task("a2", "a"), TaskState.CANCELLED), finished_at=1002.0)
-    (taken,) = await store.claim(1, LONG_LEASE)
+    (taken,) = (await store.claim(1, LONG_LEASE)).ids
     await store.mark_running(taken, 1003.0)
     await store.finish(result(task(taken, taken[0])), finished_at=1004.0)
     await store.requeue(taken, crashed=False)
     await store.expire(now=1002.0 + RETENTION)
 
-    waiting = await redis.zrange(keys.queue, 0, -1)
-    expected: dict[str, str] = {}
-    for task_id in waiting:
-        client = await redis.hget(keys.task(task_id), "client")
-        expected[client] = str(int(expected.get(client, "0")) + 1)
-    assert await redis.hgetall(keys.tenant_waiting) == expected
-    assert sorted(waiting) == ["a1", "a3", "b1", "b2"]
+    await assert_queue_bookkeeping_agrees(redis, keys)
+    assert sorted(await redis.zrange(keys.queue, 0, -1)) == ["a1", "a3", "b1", "b2"]
 
-    assert len(await store.claim(10, LONG_LEASE)) == 4
+    assert len((await store.claim(10, LONG_LEASE)).ids) == 4
     assert await redis.hgetall(keys.tenant_waiting) == {}
     assert await redis.hgetall(keys.last_tag) == {}
+    assert await redis.exists(keys.heads, keys.lane("a"), keys.lane("b")) == 0
+
+
+# -- a tenant's share of the rate limit ----------------------------------------------------
+
+
+def shares_of_a(share: float, rate: float, burst: int = 1) -> RateShares:
+    """Tenant a may start `share` of `rate` tasks a second; every other tenant is uncapped."""
+    return RateShares(QuotasConfig(tenants=(TenantQuota("a", rate_share=share),)), rate, burst)
+
+
+SLOW_A = shares_of_a(0.01, rate=1.0)
+"""a may start one task every 100 seconds: longer than any test."""
+
+
+async def test_claim_passes_over_a_tenant_over_its_share_and_takes_the_next(
+    store: RedisStore, redis: Redis
+) -> None:
+    for name in ("a1", "a2", "a3", "a4", "a5", "b1", "b2", "c1"):
+        await store.admit(task(name, name[0]), capacity=20)
+
+    claimed = await store.claim(10, LONG_LEASE, SLOW_A)
+
+    # a's one start, then everyone else's tasks in turn, passing over a's backlog.
+    assert claimed.ids == ["a1", "b1", "c1", "b2"]
+    assert claimed.held_back_for is not None
+    assert 99.0 < claimed.held_back_for <= 100.0
+    keys = store.keys
+    await assert_queue_bookkeeping_agrees(redis, keys)
+    assert await redis.hgetall(keys.tenant_waiting) == {"a": "4"}
+    assert await redis.hget(keys.virtual_time, str(int(Priority.NORMAL))) == "2"
+
+    nothing = await store.claim(10, LONG_LEASE, SLOW_A)
+    assert nothing.ids == []
+    assert nothing.held_back_for is not None
+    await store.admit(task("b3", "b"), capacity=20)
+    assert (await store.claim(10, LONG_LEASE, SLOW_A)).ids == ["b3"]
+    # Without the shares nothing is held back: a's tasks come in their order.
+    assert (await store.claim(10, LONG_LEASE)).ids == ["a2", "a3", "a4", "a5"]
+    await assert_queue_bookkeeping_agrees(redis, keys)
+    assert await redis.hgetall(keys.tenant_waiting) == {}
+
+
+async def test_a_held_back_tenants_urgent_tasks_do_not_block_others_lower_ones(
+    store: RedisStore,
+) -> None:
+    for name in ("a1", "a2"):
+        await store.admit(task(name, "a", priority=Priority.CRITICAL), capacity=20)
+    await store.admit(task("b1", "b", priority=Priority.LOW), capacity=20)
+
+    assert (await store.claim(10, LONG_LEASE, SLOW_A)).ids == ["a1", "b1"]
+
+
+async def test_replicas_share_one_budget_per_tenant(replica: Replica, redis: Redis) -> None:
+    first, second = await replica(), await replica()
+    shares = shares_of_a(0.5, rate=0.02, burst=4)  # one per 100 s, a burst of 2
+    for n in range(1, 6):
+        await first.admit(task(f"a{n}", "a"), capacity=20)
+    await first.admit(task("b1", "b"), capacity=20)
+
+    taken = [(await first.claim(1, LONG_LEASE, shares)).ids]
+    taken.append((await second.claim(1, LONG_LEASE, shares)).ids)
+    taken.append((await first.claim(5, LONG_LEASE, shares)).ids)
+    taken.append((await second.claim(5, LONG_LEASE, shares)).ids)
+
+    # a's burst of two, one start on each replica, and then neither starts a third.
+    assert taken == [["a1"], ["b1"], ["a2"], []]
+    assert await redis.exists(first.keys.share("a")) == 1
+    assert await redis.exists(first.keys.share("b")) == 0  # uncapped: nothing to keep
+
+
+async def test_a_held_back_tenant_is_claimed_again_once_its_time_comes(
+    store: RedisStore,
+) -> None:
+    shares = shares_of_a(0.5, rate=10.0)  # 5 a second: one every 200 ms
+    for name in ("a1", "a2"):
+        await store.admit(task(name, "a"), capacity=20)
+    assert (await store.claim(5, LONG_LEASE, shares)).ids == ["a1"]
+    held = await store.claim(5, LONG_LEASE, shares)
+    assert held.ids == []
+    assert held.held_back_for is not None
+    assert 0 < held.held_back_for <= 0.2
+
+    async def a2_claimed() -> bool:
+        return (await store.claim(5, LONG_LEASE, shares)).ids == ["a2"]
+
+    await eventually(a2_claimed, "a's next task was claimed once its time came")
 
 
 async def test_a_cancelled_task_is_not_handed_out_nor_run(store: RedisStore, redis: Redis) -> None:
     for n in (1, 2, 3):
         await store.admit(task(f"t{n}"), capacity=10)
     await store.finish(result(task("t1"), TaskState.CANCELLED), finished_at=1001.0)
-    claimed = await store.claim(1, LONG_LEASE)
+    claimed = (await store.claim(1, LONG_LEASE)).ids
     assert claimed == ["t2"]
     # Cancelled after its claim, before a worker starts it.
     await store.finish(result(task("t2"), TaskState.CANCELLED), finished_at=1002.0)
@@ -311,7 +413,7 @@ async def test_a_cancelled_task_is_not_handed_out_nor_run(store: RedisStore, red
     assert await store.mark_running("t2", started_at=1003.0) is None
 
     assert await lease_of(redis, store, "t2") is None
-    assert await store.claim(10, LONG_LEASE) == ["t3"]
+    assert (await store.claim(10, LONG_LEASE)).ids == ["t3"]
     cancelled = await store.get("t2")
     assert cancelled is not None
     assert (cancelled.state, cancelled.started_at) == (TaskState.CANCELLED, None)
@@ -331,13 +433,13 @@ async def test_mark_running_refusal_removes_the_lease(store: RedisStore, redis: 
 async def test_unclaim_puts_a_task_back_in_its_place(store: RedisStore, redis: Redis) -> None:
     for n in (1, 2, 3):
         await store.admit(task(f"t{n}"), capacity=10)
-    assert await store.claim(1, LONG_LEASE) == ["t1"]
+    assert (await store.claim(1, LONG_LEASE)).ids == ["t1"]
 
     await store.unclaim("t1")
 
     assert await lease_of(redis, store, "t1") is None
     assert await store.is_waiting("t1")
-    assert await store.claim(10, LONG_LEASE) == ["t1", "t2", "t3"]
+    assert (await store.claim(10, LONG_LEASE)).ids == ["t1", "t2", "t3"]
 
 
 async def test_unclaim_leaves_a_cancelled_task_finished(store: RedisStore) -> None:
@@ -369,7 +471,7 @@ async def test_give_back_requeues_a_running_task_without_a_crash(
     assert back is not None
     assert (back.state, back.started_at, back.crashes) == (TaskState.QUEUED, None, 0)
     assert await lease_of(redis, store, "t1") is None
-    assert await store.claim(10, LONG_LEASE) == ["t1", "t2"]
+    assert (await store.claim(10, LONG_LEASE)).ids == ["t1", "t2"]
     assert not await store.give_back("unknown")
 
 
@@ -438,7 +540,7 @@ async def test_reclaim_requeues_a_claimed_task_never_started_without_a_crash(
     requeued = await store.get("t1")
     assert requeued is not None
     assert (requeued.state, requeued.crashes) == (TaskState.QUEUED, 0)
-    assert await store.claim(10, LONG_LEASE) == ["t1", "t2"]  # back in its place
+    assert (await store.claim(10, LONG_LEASE)).ids == ["t1", "t2"]  # back in its place
 
 
 async def test_reclaim_dead_letters_at_max_crashes(store: RedisStore, redis: Redis) -> None:
@@ -451,7 +553,7 @@ async def test_reclaim_dead_letters_at_max_crashes(store: RedisStore, redis: Red
         return await store.is_waiting("t1")
 
     await eventually(requeued, "the first crash requeues the task")
-    assert await store.claim(1, SHORT_LEASE) == ["t1"]
+    assert (await store.claim(1, SHORT_LEASE)).ids == ["t1"]
     await store.mark_running("t1", 1002.0)
 
     dead = []
@@ -525,7 +627,13 @@ async def test_the_scripts_use_the_key_names_of_redis_keys(
 
     found = {key async for key in redis.scan_iter(match=f"{prefix}:*")}
 
-    assert {keys.queue, keys.tenant_waiting, keys.last_tag} <= waiting
+    assert {
+        keys.queue,
+        keys.tenant_waiting,
+        keys.last_tag,
+        keys.heads,
+        keys.lane("alice:x"),
+    } <= waiting
     assert found == {
         keys.task("t1"),
         keys.tasks,

@@ -21,8 +21,9 @@ import pytest
 
 from aiproc.server.cluster import work_queue
 from aiproc.server.cluster.bus import RedisBus
-from aiproc.server.cluster.store import RedisStore
+from aiproc.server.cluster.store import Claimed, RedisStore
 from aiproc.server.cluster.work_queue import RedisWorkQueue
+from aiproc.server.config import QuotasConfig, TenantQuota
 from aiproc.server.core.errors import QueueFull
 from aiproc.server.core.models import (
     ErrorCode,
@@ -34,6 +35,7 @@ from aiproc.server.core.models import (
     TaskState,
 )
 from aiproc.server.core.queue import QueueClosed
+from aiproc.server.resilience.rate_share import RateShares
 from tests.redis_support import REDIS_URL
 from tests.store.builders import result, task
 
@@ -87,13 +89,15 @@ class Replica:
         self._claim = store.claim
         self._workers: list[asyncio.Task[str]] = []
 
-    async def claim(self, n: int, lease_seconds: float) -> list[str]:
-        ids = await self._claim(n, lease_seconds)
-        self.claims.append(ids)
-        if ids and self.after_claim is not None:
+    async def claim(
+        self, n: int, lease_seconds: float, shares: RateShares | None = None
+    ) -> Claimed:
+        claimed = await self._claim(n, lease_seconds, shares)
+        self.claims.append(claimed.ids)
+        if claimed.ids and self.after_claim is not None:
             hook, self.after_claim = self.after_claim, None
-            hook(ids)
-        return ids
+            hook(claimed.ids)
+        return claimed
 
     async def dead_letter(self, task: Task) -> None:
         """Records the task as the processor does: failed, code CRASHED."""
@@ -136,7 +140,12 @@ class Replica:
 
 class OpenReplica(Protocol):
     async def __call__(
-        self, *, capacity: int = 100, max_crashes: int = 3, lease_ttl: float = LEASE_TTL
+        self,
+        *,
+        capacity: int = 100,
+        max_crashes: int = 3,
+        lease_ttl: float = LEASE_TTL,
+        shares: RateShares | None = None,
     ) -> Replica: ...
 
 
@@ -149,7 +158,11 @@ async def open_replica(
     async with AsyncExitStack() as stack:
 
         async def open_(
-            *, capacity: int = 100, max_crashes: int = 3, lease_ttl: float = LEASE_TTL
+            *,
+            capacity: int = 100,
+            max_crashes: int = 3,
+            lease_ttl: float = LEASE_TTL,
+            shares: RateShares | None = None,
         ) -> Replica:
             store = await RedisStore.open(REDIS_URL, redis_prefix, RETENTION)
             stack.push_async_callback(store.close)
@@ -159,6 +172,7 @@ async def open_replica(
                 max_crashes=max_crashes,
                 lease_ttl=lease_ttl,
                 idempotency_window=RETENTION,
+                shares=shares,
             )
             replica = Replica(store, queue)
             monkeypatch.setattr(store, "claim", replica.claim)
@@ -298,6 +312,44 @@ async def test_close_wakes_waiting_workers_with_queue_closed(open_replica: OpenR
     assert await outcome(b.worker()) == "t1"
 
 
+# -- A tenant over its share of the rate limit holds no worker --------------------------------
+
+
+def shares_of_a(share: float, rate: float) -> RateShares:
+    """Tenant a may start `share` of `rate` tasks a second (burst 1); others are uncapped."""
+    return RateShares(QuotasConfig(tenants=(TenantQuota("a", rate_share=share),)), rate, 1)
+
+
+async def test_a_worker_gets_a_held_back_tenants_task_when_its_time_comes(
+    open_replica: OpenReplica,
+) -> None:
+    a = await open_replica(shares=shares_of_a(0.5, rate=10.0))  # one start every 200 ms
+    await a.queue.admit(task("a1", "a"))
+    await a.queue.admit(task("a2", "a"))
+    assert await outcome(a.worker()) == "a1"
+
+    # No wake message comes and IDLE_POLL is an hour: only the dispatcher's own timer,
+    # set from what the claim said, brings a2 to this worker.
+    assert await outcome(a.worker()) == "a2"
+    assert [] in a.claims  # it looked once too early, and waited
+
+
+async def test_a_worker_waiting_on_a_held_back_tenant_takes_another_tenants_new_task(
+    open_replica: OpenReplica,
+) -> None:
+    slow_a = shares_of_a(0.01, rate=1.0)  # one start every 100 s
+    a, b = await open_replica(shares=slow_a), await open_replica(shares=slow_a)
+    await a.queue.admit(task("a1", "a"))
+    await a.queue.admit(task("a2", "a"))
+    assert await outcome(a.worker()) == "a1"
+    getter = await a.idle_worker()
+
+    await b.queue.admit(task("b1", "b"))
+
+    assert await outcome(getter) == "b1"
+    assert await a.store.is_waiting("a2")
+
+
 # -- A worker that goes away loses no task ------------------------------------------------------
 
 
@@ -365,7 +417,7 @@ async def test_a_dead_replicas_task_goes_to_a_worker_elsewhere_when_its_lease_ru
 ) -> None:
     a = await open_replica()
     await dying.admit(task("t1"), 100)
-    assert await dying.claim(1, LEASE_TTL) == ["t1"]
+    assert (await dying.claim(1, LEASE_TTL)).ids == ["t1"]
     if started:
         assert await dying.mark_running("t1", time.time()) is not None
 
@@ -384,7 +436,7 @@ async def test_a_task_running_during_max_crashes_is_dead_lettered(
     for crashes in range(2):
         await eventually(lambda: dying.is_waiting("t1"), "t1 waits again")
         assert (await stored(a, "t1")).crashes == crashes
-        assert await dying.claim(1, LEASE_TTL) == ["t1"]
+        assert (await dying.claim(1, LEASE_TTL)).ids == ["t1"]
         assert await dying.mark_running("t1", time.time()) is not None
 
     await eventually(lambda: bool(a.dead), "t1 was dead-lettered")
@@ -405,7 +457,7 @@ async def test_a_dead_letter_that_fails_is_tried_again_when_its_lease_runs_out(
     a = await open_replica(max_crashes=1)
     a.failing_dead_letters = 1
     await dying.admit(task("t1"), 100)
-    assert await dying.claim(1, LEASE_TTL) == ["t1"]
+    assert (await dying.claim(1, LEASE_TTL)).ids == ["t1"]
     assert await dying.mark_running("t1", time.time()) is not None
 
     await eventually(lambda: len(a.dead) == 2, "t1 was dead-lettered a second time")

@@ -5,9 +5,12 @@ import itertools
 
 import pytest
 
+from aiproc.server.config import QuotasConfig, TenantQuota
 from aiproc.server.core.errors import QueueFull
 from aiproc.server.core.models import Priority
 from aiproc.server.core.queue import QueueClosed, TaskQueue
+from aiproc.server.resilience.clock import FakeClock
+from aiproc.server.resilience.rate_share import RateShares, ShareSchedule
 
 
 def test_highest_priority_leaves_first_and_fifo_within_a_level() -> None:
@@ -146,3 +149,171 @@ def test_waiting_counts_per_tenant_follow_puts_gets_and_removes() -> None:
     assert queue.get_nowait() == "a-1"
     assert queue.remove("b-1")
     assert (queue.waiting_of("a"), queue.waiting_of("b")) == (1, 0)
+
+
+# -- A tenant's share of the rate limit --------------------------------------------------------
+
+PATIENCE = 5.0
+"""Seconds a test waits for what needs only a few turns of the event loop."""
+
+
+def throttled_queue(clock: FakeClock, capacity: int = 200) -> TaskQueue:
+    """A queue where tenant a may start 0.25 of 8 tasks a second (2/s, burst max(1, 0.25 * 8)
+    = 2) and every other tenant is uncapped."""
+    quotas = QuotasConfig(tenants=(TenantQuota("a", rate_share=0.25),))
+    return TaskQueue(capacity, ShareSchedule(RateShares(quotas, rate=8.0, burst=8)), clock)
+
+
+def take_all_eligible(queue: TaskQueue) -> list[str]:
+    """What idle workers would take now: every id that may start at this instant."""
+    taken = []
+    while (task_id := queue.get_nowait()) is not None:
+        taken.append(task_id)
+    return taken
+
+
+async def turns(n: int = 10) -> None:
+    """Lets the event loop run `n` rounds (no time passes on any clock)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_a_throttled_tenants_backlog_does_not_hold_back_another_tenant() -> None:
+    clock = FakeClock()
+    queue = throttled_queue(clock)
+    put_all(queue, *(f"a-{n}" for n in range(1, 101)))
+    put_all(queue, *(f"b-{n}" for n in range(1, 11)))
+
+    taken = take_all_eligible(queue)
+
+    # Without advancing the clock: all of b's tasks, in order, and a's burst only.
+    assert [t for t in taken if t.startswith("b")] == [f"b-{n}" for n in range(1, 11)]
+    assert [t for t in taken if t.startswith("a")] == ["a-1", "a-2"]
+    assert queue.waiting_of("a") == 98
+    assert queue.waiting_of("b") == 0
+
+
+def test_a_throttled_tenant_starts_within_its_share_over_a_window() -> None:
+    clock = FakeClock()
+    queue = throttled_queue(clock)
+    put_all(queue, *(f"a-{n}" for n in range(1, 101)))
+    put_all(queue, *(f"b-{n}" for n in range(1, 11)))
+    starts: list[float] = []
+    taken: list[str] = []
+    for _ in range(200):  # 20 simulated seconds, looking every 100 ms
+        for task_id in take_all_eligible(queue):
+            taken.append(task_id)
+            if task_id.startswith("a"):
+                starts.append(clock.monotonic())
+        clock.advance(0.1)
+
+    rate, burst = 2.0, 2
+    for window in (0.5, 1.0, 5.0, 20.0):
+        for i, first in enumerate(starts):
+            assert sum(1 for s in starts[i:] if s < first + window) <= rate * window + burst
+    assert len(starts) >= rate * 20.0  # it gets its share, in its own order
+    assert [t for t in taken if t.startswith("a")] == [f"a-{n}" for n in range(1, len(starts) + 1)]
+
+
+def test_a_held_back_tenants_urgent_tasks_do_not_block_others_lower_ones() -> None:
+    clock = FakeClock()
+    queue = throttled_queue(clock)
+    for n in range(1, 5):
+        queue.put(f"a-{n}", Priority.CRITICAL, n, "a")
+    queue.put("b-1", Priority.LOW, 10, "b")
+
+    assert take_all_eligible(queue) == ["a-1", "a-2", "b-1"]
+    clock.advance(0.5)
+    assert take_all_eligible(queue) == ["a-3"]
+
+
+def test_a_held_back_tenant_taken_late_does_not_let_a_newcomer_jump_the_others() -> None:
+    clock = FakeClock()
+    queue = throttled_queue(clock)
+    put_all(queue, "a-1", "a-2", "a-3", *(f"b-{n}" for n in range(1, 11)))
+    assert [queue.get_nowait() for _ in range(6)] == ["a-1", "b-1", "a-2", "b-2", "b-3", "b-4"]
+    clock.advance(0.5)
+    assert queue.get_nowait() == "a-3"  # a's place came long ago; it is taken only now
+
+    put_all(queue, "c-1", "c-2")
+
+    # The newcomer takes turns with b from where b has got to, not from where a was.
+    assert [queue.get_nowait() for _ in range(4)] == ["b-5", "c-1", "b-6", "c-2"]
+
+
+def test_tasks_of_a_held_back_tenant_can_be_removed_and_the_rest_keep_their_order() -> None:
+    clock = FakeClock()
+    queue = throttled_queue(clock)
+    put_all(queue, "a-1", "a-2", "a-3", "a-4", "a-5")
+    assert take_all_eligible(queue) == ["a-1", "a-2"]
+
+    assert queue.remove("a-3")
+    assert queue.remove("a-5")
+    clock.advance(0.5)
+
+    assert take_all_eligible(queue) == ["a-4"]
+    assert queue.waiting_of("a") == 0
+    assert len(queue) == 0
+
+
+def test_drain_takes_held_back_tenants_tasks_too() -> None:
+    clock = FakeClock()
+    queue = throttled_queue(clock)
+    put_all(queue, "a-1", "a-2", "a-3", "b-1")
+    assert take_all_eligible(queue) == ["a-1", "b-1", "a-2"]
+
+    assert queue.drain() == ["a-3"]
+    assert len(queue) == 0
+
+
+async def test_a_worker_waiting_on_a_held_back_tenant_wakes_when_its_time_comes() -> None:
+    clock = FakeClock()
+    queue = throttled_queue(clock)
+    put_all(queue, "a-1", "a-2", "a-3", "a-4")
+    assert take_all_eligible(queue) == ["a-1", "a-2"]
+
+    worker = asyncio.create_task(queue.get())
+    await turns()
+    assert clock.sleepers == 1  # one timer, for when a may start again: no polling
+    clock.advance(0.25)
+    await turns()
+    assert not worker.done()
+
+    clock.advance(0.25)
+
+    assert await asyncio.wait_for(worker, PATIENCE) == "a-3"
+    queue.close()
+
+
+async def test_a_worker_waiting_on_a_held_back_tenant_takes_another_tenants_new_task() -> None:
+    clock = FakeClock()
+    queue = throttled_queue(clock)
+    put_all(queue, "a-1", "a-2", "a-3")
+    assert take_all_eligible(queue) == ["a-1", "a-2"]
+    first, second = asyncio.create_task(queue.get()), asyncio.create_task(queue.get())
+    await turns()
+
+    put_all(queue, "b-1")
+
+    assert await asyncio.wait_for(first, PATIENCE) == "b-1"  # at once: the clock stood still
+    assert not second.done()
+    clock.advance(0.5)
+    assert await asyncio.wait_for(second, PATIENCE) == "a-3"
+    queue.close()
+
+
+async def test_close_stops_the_timer_and_wakes_waiting_workers() -> None:
+    clock = FakeClock()
+    queue = throttled_queue(clock)
+    put_all(queue, "a-1", "a-2", "a-3")
+    take_all_eligible(queue)
+    worker = asyncio.create_task(queue.get())
+    await turns()
+    assert clock.sleepers == 1
+
+    queue.close()
+
+    with pytest.raises(QueueClosed):
+        await asyncio.wait_for(worker, PATIENCE)
+    await turns()
+    assert clock.sleepers == 0
