@@ -21,6 +21,7 @@ from aiproc.server.api.servicer import ProcessorServicer
 from aiproc.server.api.stream_limits import StreamLimits
 from aiproc.server.config import Config, ProviderConfig, exposure_risks
 from aiproc.server.core.processor import Processor
+from aiproc.server.gc_tuning import tune_for_serving
 from aiproc.server.providers.base import Provider
 from aiproc.server.providers.http import create_http_client
 from aiproc.server.providers.registry import build_providers
@@ -205,6 +206,7 @@ async def serve(config: Config) -> None:
     """Runs until SIGTERM or SIGINT, then shuts down gracefully."""
     configure_logging(config.log_level, config.telemetry.log_format)
     server = await AiprocServer.start(config)
+    tune_for_serving()
     print(f"aiproc: serving on {server.address}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

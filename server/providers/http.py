@@ -58,3 +58,13 @@ def create_http_client(
     if tracer is None:
         return HttpxAiohttpClient(**settings)
     return _TracedClient(tracer, **settings)
+
+
+def transport_for(client: httpx.AsyncClient, url: httpx.URL) -> httpx.AsyncBaseTransport:
+    """The transport `client` routes `url` through: the direct one, or a proxy's when
+    HTTP(S)_PROXY covers the URL.
+
+    httpx keeps this lookup private; it has had this name and meaning through the
+    0.2x releases, and pyproject pins httpx to 0.28.
+    """
+    return client._transport_for_url(url)
