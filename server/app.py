@@ -14,9 +14,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from aiproc.server.api.auth import AuthInterceptor
-from aiproc.server.api.decoding import DecodeRequests
+from aiproc.server.api.auth import Admission
 from aiproc.server.api.grpc_options import server_options
+from aiproc.server.api.handlers import ServedMethods
 from aiproc.server.api.servicer import ProcessorServicer
 from aiproc.server.api.stream_limits import StreamLimits
 from aiproc.server.config import Config, ProviderConfig, exposure_risks
@@ -126,12 +126,12 @@ class AiprocServer:
         processor = Processor(config, backend, providers, clock=clock, telemetry=telemetry)
         # Health stays open so balancers and orchestrators can probe without a key, and
         # reflection (when server.reflection is on) so tools can list the API.
-        interceptor = AuthInterceptor(
-            authenticator, open_services=(health.SERVICE_NAME, reflection.SERVICE_NAME)
+        served = ServedMethods(
+            Admission(authenticator),
+            open_services=(health.SERVICE_NAME, reflection.SERVICE_NAME),
         )
         grpc_server = grpc.aio.server(
-            # DecodeRequests must stay the last interceptor (see its docstring).
-            interceptors=[interceptor, DecodeRequests()],
+            interceptors=[served],
             options=server_options(config.server, config.keepalive),
         )
         servicer = ProcessorServicer(

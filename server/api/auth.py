@@ -1,11 +1,11 @@
-"""The one place every RPC is authenticated and authorized: a grpc.aio server interceptor.
+"""The one place every RPC is authenticated and authorized.
 
-An interceptor sees every method of every service registered on the server, so a new
-RPC is guarded without anyone remembering to (deny by default); only the services named
-open (health, and reflection when it is on) pass untouched.
+`ServedMethods` (handlers.py), the server's one interceptor, guards every method but
+those of the open services with `Admission.guard`, so a new RPC is guarded without
+anyone remembering to (deny by default).
 
 grpc.aio gives an interceptor the method name and metadata, but not the ServicerContext,
-whose `auth_context()` holds the verified TLS peer. So the interceptor wraps the method's
+whose `auth_context()` holds the verified TLS peer. So the guard wraps the method's
 handler: the wrapper resolves the caller from the context, then runs the real handler in
 the same task with the caller set for `current_caller()`. Any refusal ends the call
 through `abort_with`, so it is UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT with
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -36,25 +36,17 @@ Unary = Callable[[Any, Context], Awaitable[Any]]
 Streaming = Callable[[Any, Context], AsyncGenerator[Any, None]]
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Resolves and authorizes the caller of every RPC but those of `open_services`."""
+class Admission:
+    """Resolves and authorizes the caller of each call of a guarded method."""
 
-    def __init__(self, authenticator: Authenticator, *, open_services: Iterable[str]) -> None:
+    def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator
-        self._open = frozenset(open_services)
 
     def __repr__(self) -> str:
-        return f"<AuthInterceptor {self._authenticator!r} open={sorted(self._open)}>"
+        return f"<Admission {self._authenticator!r}>"
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.lstrip("/").rpartition("/")[0] in self._open:
-            return handler
+    def guard(self, method: str, handler: Handler) -> Handler:
+        """`handler` of `method`, admitting each call's caller before it runs."""
 
         async def admit(context: Context) -> None:
             await self._admit(method, context)
@@ -71,7 +63,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             # The peer address, for whoever audits refusals; the message holds no credential.
             log.info("refused %s from %s: %s", method, context.peer(), exc)
             await abort_with(context, exc)
-        log.debug("%s from %s: %r", method, context.peer(), caller)
+        if log.isEnabledFor(logging.DEBUG):  # peer() builds a string on every call
+            log.debug("%s from %s: %r", method, context.peer(), caller)
         enter(caller)
 
 

@@ -3,8 +3,8 @@
 Left to gRPC, bytes that are not a valid message (a corrupt wire format, a
 string field that is not UTF-8) end a unary call with UNKNOWN and the parser's
 exception text, and inside a request stream they kill the task reading it and
-leave the call hanging. `DecodeRequests` gives every method, ours and the
-health and reflection services', a handler that takes the raw bytes and parses
+leave the call hanging. `decoding` turns each method's handler, ours and the
+health and reflection services', into one that takes the raw bytes and parses
 them itself: a failure ends the call with INVALID_ARGUMENT naming the message
 type, and never shows the parser's words.
 """
@@ -12,7 +12,7 @@ type, and never shows the parser's words.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
@@ -20,7 +20,7 @@ import grpc
 from aiproc.server.api.status import Context, abort_with
 from aiproc.server.core.errors import InvalidArgument
 
-__all__ = ["DecodeRequests", "Undecodable"]
+__all__ = ["Undecodable", "decoding"]
 
 if TYPE_CHECKING:
     _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]  # generic only in the stubs
@@ -33,36 +33,12 @@ class Undecodable(InvalidArgument):
         super().__init__("request", f"not a valid {type_name} message")
 
 
-class DecodeRequests(grpc.aio.ServerInterceptor):
-    """Swaps each method's handler for one that decodes its requests as described above.
-
-    It must be the last interceptor of the server: the handler it receives is then
-    the registered one, the same object for every call of a method, so each method
-    is wrapped once and the wrapper reused.
-    """
-
-    def __init__(self) -> None:
-        self._wrapped: dict[_Handler, _Handler] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> _Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        wrapped = self._wrapped.get(handler)
-        if wrapped is None:
-            wrapped = self._wrapped[handler] = _wrap(handler)
-        return wrapped
-
-    def __repr__(self) -> str:
-        return f"<DecodeRequests [{len(self._wrapped)} methods wrapped]>"
-
-
-def _wrap(handler: _Handler) -> _Handler:
-    parse: Callable[[bytes], Any] = handler.request_deserializer  # type: ignore[assignment]
+def decoding(handler: _Handler) -> _Handler:
+    """The same method, parsing its requests itself (see above); a handler without a
+    deserializer (it takes bytes) is returned as it is."""
+    if handler.request_deserializer is None:
+        return handler
+    parse: Callable[[bytes], Any] = handler.request_deserializer
     # The generated deserializer is the message class's FromString.
     owner = getattr(parse, "__self__", None)
     type_name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request")

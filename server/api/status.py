@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import NoOpTracer, Tracer
 
 from aiproc.server.api import metadata
 from aiproc.server.api.tracing import record_status, server_span
@@ -88,12 +88,24 @@ def unary_rpc(
             metadata.check(context.invocation_metadata())
         except InvalidArgument as exc:
             await abort_with(context, exc)
+        if isinstance(self.tracer, NoOpTracer):
+            # Tracing is off: no caller's context to read, no span to make current.
+            return await _answered(method, self, request, context)
         with server_span(self.tracer, method.__name__, context):
-            try:
-                return await method(self, request, context)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await abort_with(context, exc)
+            return await _answered(method, self, request, context)
 
     return guarded
+
+
+async def _answered(
+    method: Callable[[_S, _Req, Context], Awaitable[_Resp]],
+    servicer: _S,
+    request: _Req,
+    context: Context,
+) -> _Resp:
+    try:
+        return await method(servicer, request, context)
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:
+        await abort_with(context, exc)

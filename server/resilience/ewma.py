@@ -41,7 +41,17 @@ class WindowedRate:
     `window` seconds after it was added, depending on where in its slice it fell.
     """
 
-    __slots__ = ("_failed", "_ids", "_latest", "_total", "_width", "slices", "window")
+    __slots__ = (
+        "_failed",
+        "_ids",
+        "_latest",
+        "_summed",
+        "_summed_at",
+        "_total",
+        "_width",
+        "slices",
+        "window",
+    )
 
     def __init__(self, window: float, slices: int = 60) -> None:
         if not window > 0:
@@ -57,6 +67,10 @@ class WindowedRate:
         self._total = [0] * slices
         self._failed = [0] * slices
         self._latest = -math.inf
+        # The window's (calls, failures) as of slice `_summed_at`, kept up to date by
+        # `add`: every provider choice asks for them, and a full count walks all slices.
+        self._summed = (0, 0)
+        self._summed_at: int | None = None
 
     def _slice(self, now: float) -> int:
         self._latest = max(self._latest, now)
@@ -73,16 +87,24 @@ class WindowedRate:
         self._total[pos] += 1
         if not ok:
             self._failed[pos] += 1
+        if current == self._summed_at:
+            calls, failures = self._summed
+            self._summed = (calls + 1, failures + (not ok))
+        else:  # an outcome for another slice than the sums': count afresh when asked
+            self._summed_at = None
 
     def counts(self, now: float) -> tuple[int, int]:
         """(calls, failures) recorded in the window that ends at `now`."""
         current = self._slice(now)
+        if current == self._summed_at:
+            return self._summed
         oldest = current - self.slices + 1
         total = failed = 0
         for slice_id, calls, failures in zip(self._ids, self._total, self._failed, strict=True):
             if slice_id is not None and oldest <= slice_id <= current:
                 total += calls
                 failed += failures
+        self._summed, self._summed_at = (total, failed), current
         return total, failed
 
     def error_rate(self, now: float) -> float | None:
@@ -93,6 +115,7 @@ class WindowedRate:
     def clear(self) -> None:
         """Forgets every outcome."""
         self._ids = [None] * self.slices
+        self._summed_at = None
 
     def __repr__(self) -> str:
         # repr has no clock: it shows the window that ends at the latest time seen.

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aiproc.server.resilience.ewma import Ewma, WindowedRate
 
@@ -85,3 +89,48 @@ def test_windowed_rate_repr_shows_the_latest_window() -> None:
     rate.add(5.0, ok=False)
     rate.add(6.0, ok=True)
     assert repr(rate) == "<WindowedRate 1/2 failed in 60s>"
+
+
+class RingModel:
+    """WindowedRate's documented behaviour, recounted from scratch on every question."""
+
+    def __init__(self, window: float, slices: int) -> None:
+        self.width, self.slices = window / slices, slices
+        self.ring: dict[int, list[int]] = {}  # position: [slice, calls, failures]
+
+    def add(self, at: float, ok: bool) -> None:
+        current = math.floor(at / self.width)
+        held = self.ring.get(current % self.slices)
+        if held is None or held[0] != current:
+            held = self.ring[current % self.slices] = [current, 0, 0]
+        held[1] += 1
+        held[2] += not ok
+
+    def counts(self, now: float) -> tuple[int, int]:
+        current = math.floor(now / self.width)
+        live = [h for h in self.ring.values() if current - self.slices < h[0] <= current]
+        return sum(h[1] for h in live), sum(h[2] for h in live)
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.booleans(),  # add an outcome, or ask for the counts
+            st.floats(min_value=-5.0, max_value=40.0, allow_nan=False),
+            st.booleans(),
+        ),
+        max_size=150,
+    )
+)
+def test_windowed_rate_kept_sums_always_equal_a_recount(
+    steps: list[tuple[bool, float, bool]],
+) -> None:
+    """The sums kept between calls never drift from a full recount, whatever the order of
+    times (backwards too) and however slots are reused."""
+    rate, model = WindowedRate(window=10.0, slices=5), RingModel(10.0, 5)
+    for adding, at, ok in steps:
+        if adding:
+            rate.add(at, ok)
+            model.add(at, ok)
+        else:
+            assert rate.counts(at) == model.counts(at)
