@@ -144,13 +144,15 @@ class FailoverManager:
         return sorted(ranked, key=lambda s: (not s.probing(now), s.failback_until > now))
 
     def _lease(self, ranked: list[ProviderSlot], now: float) -> Lease | None:
-        with_room = [s for s in ranked if s.in_flight < s.config.max_concurrent_requests]
+        with_room = [s for s in ranked if s.leased < s.config.max_concurrent_requests]
         for slot in with_room or ranked:
-            if slot.breaker is None:
-                return Lease(slot, None)
-            permit = slot.breaker.allow(now)
-            if permit is not None:
-                return Lease(slot, permit)
+            permit = None
+            if slot.breaker is not None:
+                permit = slot.breaker.allow(now)
+                if permit is None:
+                    continue
+            slot.leased += 1
+            return Lease(slot, permit)
         return None
 
     def _end_failbacks(self, now: float) -> None:
@@ -171,6 +173,7 @@ class FailoverManager:
     def succeeded(self, lease: Lease, latency: float) -> None:
         now = self._clock.monotonic()
         slot = lease.slot
+        slot.leased -= 1
         slot.requests += 1
         slot.latency.update(latency)
         slot.errors.add(now, ok=True)
@@ -186,6 +189,7 @@ class FailoverManager:
         if isinstance(error, InvalidRequest):
             self.released(lease)
             return
+        slot.leased -= 1
         slot.failures += 1
         slot.errors.add(now, ok=False)
         slot.record_health(now, ok=False)
@@ -205,6 +209,7 @@ class FailoverManager:
 
     def released(self, lease: Lease) -> None:
         """The call ended with no verdict on the provider (cancelled, refused as invalid)."""
+        lease.slot.leased -= 1
         if lease.slot.breaker is not None and lease.permit is not None:
             lease.slot.breaker.release(self._clock.monotonic(), lease.permit)
 

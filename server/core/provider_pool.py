@@ -90,6 +90,10 @@ class ProviderSlot:
         self.errors = WindowedRate(health.window)
         self.slots = asyncio.Semaphore(config.max_concurrent_requests)
         self.in_flight = 0
+        self.leased = 0
+        """Leases handed out and not yet settled: calls in flight, or about to start (their
+        task waits for the rate limit or for this slot). Choosing counts these, since
+        `in_flight` lags a choice by those waits."""
         self.requests = 0
         self.failures = 0
         self.rate_limited = 0
@@ -128,7 +132,7 @@ class ProviderSlot:
             priority=self.config.priority,
             weight=self.config.weight,
             order=self.order,
-            in_flight=self.in_flight,
+            in_flight=self.leased,  # how busy it is about to be, not only this instant
             max_concurrent=self.config.max_concurrent_requests,
             latency_ewma=self.latency.value,
             error_rate=self.errors.error_rate(now) or 0.0,

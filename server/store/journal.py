@@ -61,7 +61,8 @@ ResultRow = tuple[str, str, int]
 @dataclass(frozen=True, slots=True)
 class _Change:
     statements: Sequence[Statement]
-    committed: asyncio.Future[None]
+    committed: asyncio.Future[None] | None
+    """None for a change nobody waits for (see `write_behind`)."""
 
 
 class Journal:
@@ -113,6 +114,21 @@ class Journal:
         # If the caller is cancelled here the change is still committed: it is queued.
         await committed
 
+    def write_behind(self, statements: Sequence[Statement]) -> None:
+        """Queues `statements` for the next commit without waiting for it; raises StoreError
+        if the journal already refuses changes.
+
+        For changes whose loss to a crash in the moment before their commit is harmless
+        (the task would run again, a result be delivered again): it spares the caller a
+        suspension and a wake-up per change. Order is kept: a later `write` commits after it,
+        and a failed commit of it fails that later write.
+        """
+        if self._closed:
+            raise StoreError(f"the store {self.name} is closed")
+        if self._failure is not None:
+            raise self._error()
+        self._inbox.put(_Change(statements, None))
+
     async def close(self) -> None:
         """Commits what is queued, then closes the connection."""
         if self._closed:
@@ -158,7 +174,8 @@ class Journal:
             self.changes += len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for change in batch:
-            by_loop.setdefault(change.committed.get_loop(), []).append(change.committed)
+            if change.committed is not None:
+                by_loop.setdefault(change.committed.get_loop(), []).append(change.committed)
         for loop, futures in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(self._settle, futures, self._failure is None)

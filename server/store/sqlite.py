@@ -101,7 +101,10 @@ class SqliteStore:
     async def mark_running(self, task_id: str, started_at: float) -> Task | None:
         task = await self._memory.mark_running(task_id, started_at)
         if task is not None:
-            await self._write(
+            # Not waited for: a crash before it commits leaves the task QUEUED in the file,
+            # so it runs again without a crash counted, which is what a crash a moment
+            # earlier would have done. It commits long before a provider call returns.
+            self._write_behind(
                 (
                     "UPDATE tasks SET state = ?, started_at = ? WHERE task_id = ?",
                     (task.state.value, task.started_at, task_id),
@@ -145,7 +148,10 @@ class SqliteStore:
         removed = await self._memory.ack(client_id, task_ids)
         if removed:
             sql = "UPDATE results SET acked = 1 WHERE task_id = ? AND client_id = ?"
-            await self._write(*((sql, (task_id, client_id)) for task_id in task_ids))
+            # Not waited for: an acknowledgement lost to a crash means the result is
+            # delivered again, which at-least-once delivery allows (the caller of Ack is
+            # never told when it is on disk anyway).
+            self._write_behind(*((sql, (task_id, client_id)) for task_id in task_ids))
         return removed
 
     async def live_tasks(self) -> Sequence[Task]:
@@ -204,12 +210,18 @@ class SqliteStore:
             await self._memory.close()
 
     async def _write(self, *statements: Statement) -> None:
-        if self._unsaved_attempts:
-            sql = "UPDATE tasks SET attempts = ? WHERE task_id = ?"
-            attempts = [(sql, (t.attempts, t.task_id)) for t in self._unsaved_attempts.values()]
-            statements = (*attempts, *statements)
-            self._unsaved_attempts.clear()
-        await self._journal.write(statements)
+        await self._journal.write(self._with_unsaved_attempts(statements))
+
+    def _write_behind(self, *statements: Statement) -> None:
+        self._journal.write_behind(self._with_unsaved_attempts(statements))
+
+    def _with_unsaved_attempts(self, statements: Sequence[Statement]) -> Sequence[Statement]:
+        if not self._unsaved_attempts:
+            return statements
+        sql = "UPDATE tasks SET attempts = ? WHERE task_id = ?"
+        attempts = [(sql, (t.attempts, t.task_id)) for t in self._unsaved_attempts.values()]
+        self._unsaved_attempts.clear()
+        return (*attempts, *statements)
 
     def __repr__(self) -> str:
         return f"<SqliteStore {self.path} {self._journal!r} {self._memory!r}>"

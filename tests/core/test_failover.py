@@ -320,3 +320,56 @@ def test_a_pause_asked_for_is_at_most_an_hour_here_and_elsewhere() -> None:
     other = Replica()
     other.failover.remote_paused("primary", 1e300)
     assert other.slot().quota.paused_for(other.clock.monotonic()) == MAX_PAUSE
+
+
+# -- capacity --------------------------------------------------------------------------
+
+
+def capped_manager(*caps: tuple[str, int]) -> FailoverManager:
+    """A manager over providers of these names and max_concurrent_requests, in priority order."""
+    config = load_config(env={}, overrides={})
+    entries = [
+        (
+            StubProvider(name),
+            ProviderConfig(name=name, kind="test", priority=i + 1, max_concurrent_requests=cap),
+        )
+        for i, (name, cap) in enumerate(caps)
+    ]
+    clock, events = FakeClock(), EventBus()
+    return FailoverManager(
+        build_slots(entries, config, clock=clock, events=events),
+        Selector(config.failover.strategy, random.Random(1)),
+        health_checks=False,
+        clock=clock,
+        events=events,
+        signals=RecordingSignals(),
+    )
+
+
+def chosen(manager: FailoverManager) -> Lease:
+    choice = manager.choose()
+    assert isinstance(choice, Lease), choice
+    return choice
+
+
+def test_leases_not_yet_settled_count_against_a_providers_capacity() -> None:
+    """A task chooses before its call starts (it waits for the rate limit first), so choices
+    made meanwhile must see the capacity it took, or they all queue behind one provider."""
+    manager = capped_manager(("narrow", 2), ("wide", 10))
+
+    names = [chosen(manager).slot.name for _ in range(5)]
+
+    assert names == ["narrow", "narrow", "wide", "wide", "wide"]
+
+
+def test_every_way_a_lease_ends_gives_its_capacity_back() -> None:
+    manager = capped_manager(("narrow", 3), ("wide", 10))
+    first, second, third = chosen(manager), chosen(manager), chosen(manager)
+    assert chosen(manager).slot.name == "wide"
+
+    manager.succeeded(first, 0.1)
+    manager.failed(second, TransientError("503 Service Unavailable"))
+    manager.released(third)
+
+    assert [chosen(manager).slot.name for _ in range(3)] == ["narrow"] * 3
+    assert next(s for s in manager.slots if s.name == "narrow").leased == 3

@@ -1,0 +1,75 @@
+"""The journal's changes nobody waits for: committed in order with the rest, failures not lost."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from aiproc.server.core.errors import StoreError
+from aiproc.server.store.journal import Journal
+
+INSERT = (
+    "INSERT INTO tasks (task_id, client_id, sequence, created_at, state, attempts, crashes,"
+    " spec, trace_context) VALUES (?, 'alice', ?, 0, 'queued', 0, 0, '{}', '{}')"
+)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "aiproc.db"
+
+
+@pytest.fixture
+async def journal(path: Path) -> AsyncIterator[Journal]:
+    opened, _, _ = await Journal.open(path, fsync=False)
+    yield opened
+    await opened.close()
+
+
+def ids_in(path: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        return [row[0] for row in other.execute("SELECT task_id FROM tasks ORDER BY rowid")]
+
+
+async def test_changes_queued_behind_commit_in_order_before_a_later_awaited_one(
+    journal: Journal, path: Path
+) -> None:
+    journal.write_behind([(INSERT, ("t1", 1))])
+    journal.write_behind([(INSERT, ("t2", 2))])
+    await journal.write([(INSERT, ("t3", 3))])
+
+    assert ids_in(path) == ["t1", "t2", "t3"]
+    assert journal.changes == 3
+
+
+async def test_a_change_queued_behind_is_committed_by_close(journal: Journal, path: Path) -> None:
+    journal.write_behind([(INSERT, ("t1", 1))])
+    await journal.close()
+
+    assert ids_in(path) == ["t1"]
+
+
+async def test_a_failed_change_queued_behind_fails_the_next_write(
+    journal: Journal, path: Path
+) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        other.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON tasks BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+    journal.write_behind([(INSERT, ("t1", 1))])
+
+    with pytest.raises(StoreError, match="failed"):
+        await journal.write(())
+    with pytest.raises(StoreError, match="accepts no more changes"):
+        journal.write_behind([(INSERT, ("t2", 2))])
+
+
+async def test_a_closed_journal_refuses_changes_queued_behind(journal: Journal) -> None:
+    await journal.close()
+
+    with pytest.raises(StoreError, match="closed"):
+        journal.write_behind([(INSERT, ("t1", 1))])
