@@ -1,9 +1,11 @@
 """The SQLite file of a store: its schema, opening it, and the one thread that writes it.
 
 Callers on the event loop hand over a change (a few SQL statements) and await
-its commit. A thread owns the write connection; it takes everything queued
-since its last commit into one transaction, commits, and settles all those
-callers at once: 64 concurrent changes cost one commit, not 64.
+its commit, or queue it without waiting. The changes made in one turn of the
+event loop go to the thread together. The thread owns the write connection; it
+takes everything queued since its last commit into one transaction, commits,
+and settles all those callers at once: 64 concurrent changes cost one commit,
+not 64.
 """
 
 from __future__ import annotations
@@ -81,7 +83,9 @@ class Journal:
         self.changes = 0
         """Changes committed so far (each is one caller's write)."""
         self._connection = connection
-        self._inbox: queue.SimpleQueue[_Change | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[list[_Change] | None] = queue.SimpleQueue()
+        self._pending: list[_Change] = []
+        """Changes made during this turn of the event loop, handed over together at its end."""
         self._failure: Exception | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"journal {name}", daemon=True)
@@ -110,7 +114,7 @@ class Journal:
         if self._failure is not None:
             raise self._error()
         committed = asyncio.get_running_loop().create_future()
-        self._inbox.put(_Change(statements, committed))
+        self._enqueue(_Change(statements, committed))
         # If the caller is cancelled here the change is still committed: it is queued.
         await committed
 
@@ -127,13 +131,27 @@ class Journal:
             raise StoreError(f"the store {self.name} is closed")
         if self._failure is not None:
             raise self._error()
-        self._inbox.put(_Change(statements, None))
+        self._enqueue(_Change(statements, None))
+
+    def _enqueue(self, change: _Change) -> None:
+        # Handing each change to the thread on its own would wake it (and make it take the
+        # GIL) for every change, and commit most of them alone: one hand-over per turn of
+        # the event loop gathers all the changes its tasks made into one commit.
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._hand_over)
+        self._pending.append(change)
+
+    def _hand_over(self) -> None:
+        if self._pending:
+            self._inbox.put(self._pending)
+            self._pending = []
 
     async def close(self) -> None:
         """Commits what is queued, then closes the connection."""
         if self._closed:
             return
         self._closed = True
+        self._hand_over()
         self._inbox.put(None)
         await asyncio.to_thread(self._thread.join)
 
@@ -146,7 +164,7 @@ class Journal:
                 if item is None:
                     stopping = True
                 else:
-                    batch.append(item)
+                    batch += item
                 try:
                     item = self._inbox.get_nowait()
                 except queue.Empty:

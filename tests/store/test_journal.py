@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
@@ -73,3 +74,15 @@ async def test_a_closed_journal_refuses_changes_queued_behind(journal: Journal) 
 
     with pytest.raises(StoreError, match="closed"):
         journal.write_behind([(INSERT, ("t1", 1))])
+
+
+async def test_changes_made_in_one_turn_of_the_loop_share_one_commit(
+    journal: Journal, path: Path
+) -> None:
+    for n in range(100):
+        journal.write_behind([(INSERT, (f"t{n}", n))])
+    await asyncio.gather(*(journal.write([(INSERT, (f"u{n}", 100 + n))]) for n in range(20)))
+
+    assert journal.commits == 1
+    assert journal.changes == 120
+    assert len(ids_in(path)) == 120
