@@ -20,6 +20,12 @@ StreamCall = grpc.aio.StreamStreamCall[pb.StreamResultsRequest, pb.StreamResults
 
 CLOSE_GRACE = 2.0
 """Seconds `aclose` waits for the server to end the call after the client half-closes it."""
+ACK_IDS_PER_MESSAGE = 5_000
+"""Task ids per Ack message at most (the server takes up to 10,000)."""
+ACK_LINGER = 0.005
+"""Seconds an ack waits for others to share its message (closing sends at once). A write
+takes about as long as reading the next result, so without a wait each result's ack would
+go alone: this gathers a burst's acks into a few messages, for the client and the server."""
 
 
 class ResultStream:
@@ -49,6 +55,11 @@ class ResultStream:
         self._write_lock = asyncio.Lock()
         self._subscribed = 0
         self._received = 0
+        self._unsent_acks: list[str] = []
+        self._ack_sender: asyncio.Task[None] | None = None
+        self._send_acks_now = asyncio.Event()
+        self._ack_error: BaseException | None = None
+        """Why acks could not be sent, raised by the next `ack`."""
         self._half_closed = False
         self._closed = False
 
@@ -106,14 +117,50 @@ class ResultStream:
             await self._send_subscribe(ids, all_tasks=False)
 
     async def ack(self, task_ids: Iterable[str]) -> None:
-        """Tells the server these results are processed, so they are not delivered again."""
-        ids = tuple(task_ids)
-        if ids:
-            await self._write(pb.StreamResultsRequest(ack=pb.Ack(task_ids=ids)))
+        """Tells the server these results are processed, so they are not delivered again.
+
+        Returns without waiting for the message to be written: the ids go out in the
+        background, together with the other acks of the next few milliseconds
+        (ACK_LINGER), so a loop that acks each result as it reads it neither waits a round
+        trip per result nor sends a message per result. `done_writing` and `aclose` send
+        what is still waiting at once, before they close. If sending fails, the next `ack`
+        raises why.
+        """
+        self._opened()
+        if self._ack_error is not None:
+            raise self._ack_error
+        if self._closed or self._half_closed:
+            raise RuntimeError("the ResultStream is closed")
+        self._unsent_acks.extend(task_ids)
+        if self._unsent_acks and (self._ack_sender is None or self._ack_sender.done()):
+            self._ack_sender = asyncio.create_task(self._send_acks(), name="aiproc-acks")
+
+    async def _send_acks(self) -> None:
+        while self._unsent_acks:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ACK_LINGER):
+                    await self._send_acks_now.wait()
+            ids = self._unsent_acks[:ACK_IDS_PER_MESSAGE]
+            del self._unsent_acks[:ACK_IDS_PER_MESSAGE]
+            try:
+                await self._write(pb.StreamResultsRequest(ack=pb.Ack(task_ids=ids)))
+            except (AiprocClientError, RuntimeError) as exc:
+                # Kept for a resend: unacknowledged results would come back anyway.
+                self._unsent_acks[:0] = ids
+                self._ack_error = exc
+                return
+
+    async def _acks_sent(self) -> None:
+        """Waits until the acks made so far are written (or could not be)."""
+        if self._ack_sender is not None:
+            self._send_acks_now.set()
+            await asyncio.wait([self._ack_sender])  # its failure is kept, not raised here
 
     async def done_writing(self) -> None:
-        """Half-closes the call: no more subscribes or acks; the server then ends it."""
+        """Half-closes the call once the acks made so far are sent: no more subscribes or
+        acks; the server then ends it."""
         call = self._opened()
+        await self._acks_sent()
         async with self._write_lock:
             if not self._half_closed and not call.done():
                 self._half_closed = True
@@ -143,6 +190,8 @@ class ResultStream:
     def abort(self) -> None:
         """Cancels the call at once; unacknowledged results are delivered again later."""
         self._closed = True
+        if self._ack_sender is not None:
+            self._ack_sender.cancel()
         if self._call is not None:
             self._call.cancel()
 
