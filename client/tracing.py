@@ -22,6 +22,8 @@ def _with_context(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDet
     """The call details with the current trace context added to the metadata."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
+    if not carrier:
+        return details
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
     for key, value in carrier.items():
         metadata.add(key, value)
@@ -50,12 +52,15 @@ class TracingInterceptor(
         request: Any,
     ) -> Any:
         name = _method_name(client_call_details)
-        tracer = trace.get_tracer(_TRACER_NAME)
-        with tracer.start_as_current_span(
+        span = trace.get_tracer(_TRACER_NAME).start_span(
             name,
             kind=SpanKind.CLIENT,
             attributes={"rpc.system": "grpc", "rpc.method": name.rsplit("/", 1)[-1]},
-        ) as span:
+        )
+        if not span.is_recording():
+            # No tracing set up: nothing to record, only a caller's context to forward.
+            return await continuation(_with_context(client_call_details), request)
+        with trace.use_span(span, end_on_exit=True):
             call = await continuation(_with_context(client_call_details), request)
             code = await call.code()
             span.set_attribute("rpc.grpc.status_code", code.value[0])

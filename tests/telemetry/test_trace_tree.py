@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -233,3 +234,26 @@ async def test_the_python_client_forwards_the_active_trace_context(
     assert result.trace_id == format(caller.trace_id, "032x")
     queue_task = only(exporter.get_finished_spans(), "aiproc.v1.ProcessorService/QueueTask")
     assert parent_of(queue_task) == caller.span_id
+
+
+async def test_the_python_client_traces_its_calls_with_the_applications_tracer(
+    start_server: ServerFactory, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    application = TracerProvider()
+    client_spans = InMemorySpanExporter()
+    application.add_span_processor(SimpleSpanProcessor(client_spans))
+    # As if the application had set its global provider (which a process can do only once).
+    monkeypatch.setattr(trace, "get_tracer", lambda name, *args, **kw: application.get_tracer(name))
+    async with FakeOpenAIServer() as fake:
+        server = await start_traced(start_server, traced_config(fake), exporter)
+        async with AsyncClient(server.address) as client:
+            await client.queue("https://example.com/a", "Some text. More text.")
+        await server.stop(grace=1.0)
+
+    (call,) = client_spans.get_finished_spans()
+    assert (call.name, call.kind) == ("aiproc.v1.ProcessorService/QueueTask", SpanKind.CLIENT)
+    assert call.attributes is not None
+    assert call.attributes["rpc.grpc.status_code"] == 0
+    queue_task = only(exporter.get_finished_spans(), "aiproc.v1.ProcessorService/QueueTask")
+    assert queue_task.context.trace_id == call.context.trace_id
+    assert parent_of(queue_task) == call.context.span_id
