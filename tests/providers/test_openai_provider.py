@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import email.utils
+import gzip
+import json
+import zlib
 from typing import Any
 
 import httpx
@@ -253,6 +256,36 @@ async def test_an_oversized_body_is_a_bad_response(
 
     assert isinstance(error, BadResponse)
     assert "larger than" in str(error)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compressed_answer_is_decoded(
+    fake: FakeOpenAIServer, client: httpx.AsyncClient, encoding: str
+) -> None:
+    answer = {
+        "model": "gpt-test",
+        "choices": [{"message": {"content": "Squeezed."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 2},
+    }
+    raw = json.dumps(answer).encode()
+    body = gzip.compress(raw) if encoding == "gzip" else zlib.compress(raw)
+    fake.enqueue(FakeReply(body=body, headers={"Content-Encoding": encoding}))
+
+    completion = await make_provider(fake, client).complete(make_request())
+
+    assert completion.content == "Squeezed."
+    assert completion.usage == TokenUsage(7, 2)
+
+
+async def test_an_answer_that_does_not_decode_is_a_bad_response(
+    fake: FakeOpenAIServer, client: httpx.AsyncClient
+) -> None:
+    fake.enqueue(FakeReply(body=b"not gzip at all", headers={"Content-Encoding": "gzip"}))
+
+    error = await failure(make_provider(fake, client).complete(make_request()))
+
+    assert isinstance(error, BadResponse)
+    assert "unreadable answer" in str(error)
 
 
 async def test_a_dropped_connection_is_transient(
