@@ -296,9 +296,7 @@ def _otlp_target(config: TelemetryConfig, env: Mapping[str, str], signal: _Signa
 
 def _span_exporter(target: _OtlpTarget) -> SpanExporter:
     if target.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcSpanExporter,
-        )
+        from aiproc.server.telemetry.span_exporter import GrpcSpanExporter
 
         return GrpcSpanExporter(endpoint=target.endpoint, headers=target.headers)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
