@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext
+from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode
 
 __all__ = ["SpanEncoder"]
 
@@ -46,12 +46,16 @@ _VALUE_CACHE_LIMIT = 4096
 _pack_double = struct.Struct("<d").pack
 _pack_fixed32 = struct.Struct("<I").pack
 _pack_fixed64 = struct.Struct("<Q").pack
+# A span's start and end times: tag, fixed64, tag, fixed64 (each tag is one byte).
+_pack_times = struct.Struct("<BQBQ").pack
 
 
 def _varint(value: int) -> bytes:
     """An unsigned varint; negative int64 values as their 64-bit two's complement."""
     if 0 <= value < 0x80:
         return bytes((value,))
+    if 0 < value < 0x4000:  # most lengths: a span, an attribute value
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     value &= 0xFFFF_FFFF_FFFF_FFFF
     out = bytearray()
     while value >= 0x80:
@@ -119,6 +123,13 @@ _ANY_ARRAY = _tag(5, _LEN)
 _ANY_KVLIST = _tag(6, _LEN)
 _ANY_BYTES = _tag(7, _LEN)
 _LIST_VALUES = _tag(1, _LEN)  # ArrayValue.values and KeyValueList.values
+
+# Whole fields that most spans share, encoded once.
+# The API's SpanKind counts from INTERNAL = 0; OTLP's from UNSPECIFIED = 0.
+_KIND_FIELDS = {kind: _SPAN_KIND + _varint(kind.value + 1) for kind in SpanKind}
+_UNSET_STATUS_FIELD = _field(_SPAN_STATUS, b"")
+_LOCAL_PARENT_FLAGS_FIELD = _SPAN_FLAGS + _pack_fixed32(_HAS_IS_REMOTE)
+_REMOTE_PARENT_FLAGS_FIELD = _SPAN_FLAGS + _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
 
 
 def _any_value(value: object) -> bytes:
@@ -276,12 +287,14 @@ class SpanEncoder:
             if len(self._span_fields) >= _VALUE_CACHE_LIMIT:
                 self._span_fields.clear()
             self._span_fields[span.name] = name
-        # The API's SpanKind counts from INTERNAL = 0; OTLP's from UNSPECIFIED = 0.
-        parts += (name, _SPAN_KIND, _varint(span.kind.value + 1))
-        if span.start_time:
-            parts += (_SPAN_START, _pack_fixed64(span.start_time))
-        if span.end_time:
-            parts += (_SPAN_END, _pack_fixed64(span.end_time))
+        parts += (name, _KIND_FIELDS[span.kind])
+        start, end = span.start_time, span.end_time
+        if start and end:
+            parts.append(_pack_times(_SPAN_START[0], start, _SPAN_END[0], end))
+        elif start:
+            parts += (_SPAN_START, _pack_fixed64(start))
+        elif end:
+            parts += (_SPAN_END, _pack_fixed64(end))
         parts.append(self._attributes.encode(_SPAN_ATTRIBUTES, span.attributes))
         if span.dropped_attributes:
             parts += (_SPAN_DROPPED_ATTRIBUTES, _varint(span.dropped_attributes))
@@ -300,12 +313,17 @@ class SpanEncoder:
         if span.dropped_links:
             parts += (_SPAN_DROPPED_LINKS, _varint(span.dropped_links))
         status = span.status
-        status_parts = b""
-        if status.description:
-            status_parts = _field(_STATUS_MESSAGE, status.description.encode())
-        if status.status_code.value:
-            status_parts += _STATUS_CODE + _varint(status.status_code.value)
-        parts += (_field(_SPAN_STATUS, status_parts), _SPAN_FLAGS, _pack_fixed32(_flags(parent)))
+        if status.status_code is StatusCode.UNSET and not status.description:
+            parts.append(_UNSET_STATUS_FIELD)
+        else:
+            status_parts = b""
+            if status.description:
+                status_parts = _field(_STATUS_MESSAGE, status.description.encode())
+            if status.status_code.value:
+                status_parts += _STATUS_CODE + _varint(status.status_code.value)
+            parts.append(_field(_SPAN_STATUS, status_parts))
+        remote = parent is not None and parent.is_remote
+        parts.append(_REMOTE_PARENT_FLAGS_FIELD if remote else _LOCAL_PARENT_FLAGS_FIELD)
         return b"".join(parts)
 
     def _link(self, link: Link) -> bytes:
