@@ -7,14 +7,13 @@ covers unary and streaming methods alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import grpc
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
+from aiproc.server.telemetry.current_span import CurrentSpan
 from aiproc.server.telemetry.propagation import context_from_metadata
 
 SERVICE = "aiproc.v1.ProcessorService"
@@ -32,20 +31,19 @@ _SERVER_ERRORS = frozenset(
 )
 
 
-@contextmanager
 def server_span(
     tracer: Tracer, method: str, context: grpc.aio.ServicerContext[Any, Any]
-) -> Iterator[Span]:
-    """A SERVER span named `aiproc.v1.ProcessorService/{method}`, child of the caller's span."""
-    with tracer.start_as_current_span(
-        f"{SERVICE}/{method}",
-        context=context_from_metadata(context.invocation_metadata()),
-        kind=SpanKind.SERVER,
-        attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method},
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        yield span
+) -> CurrentSpan:
+    """A SERVER span named `aiproc.v1.ProcessorService/{method}`, child of the caller's span,
+    current in the `with` block it is used in."""
+    return CurrentSpan(
+        tracer.start_span(
+            f"{SERVICE}/{method}",
+            context=context_from_metadata(context.invocation_metadata()),
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method},
+        )
+    )
 
 
 def record_status(code: grpc.StatusCode, message: str) -> None:

@@ -42,6 +42,7 @@ from aiproc.server.core.workers import WorkerPool
 from aiproc.server.providers.base import Provider
 from aiproc.server.resilience.clock import Clock, SystemClock
 from aiproc.server.resilience.selection import Selector
+from aiproc.server.telemetry.current_span import CurrentSpan
 from aiproc.server.telemetry.metrics import Metrics
 from aiproc.server.telemetry.propagation import extract, inject_current
 from aiproc.server.telemetry.setup import Telemetry
@@ -274,17 +275,17 @@ class Processor:
             start_time=_nanos(task.created_at),
             attributes={"aiproc.task.id": task_id},
         ).end(end_time=_nanos(started_at))
-        with self._tracer.start_as_current_span(
-            "process task",
-            context=queued_in,
-            start_time=_nanos(started_at),
-            attributes={
-                "aiproc.task.id": task_id,
-                "aiproc.task.priority": task.spec.priority.name.lower(),
-                "url.full": task.spec.url,
-            },
-            record_exception=False,
-            set_status_on_exception=False,
+        with CurrentSpan(
+            self._tracer.start_span(
+                "process task",
+                context=queued_in,
+                start_time=_nanos(started_at),
+                attributes={
+                    "aiproc.task.id": task_id,
+                    "aiproc.task.priority": task.spec.priority.name.lower(),
+                    "url.full": task.spec.url,
+                },
+            )
         ) as span:
             trace_id = _trace_id(span)
             try:

@@ -23,7 +23,6 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -51,6 +50,7 @@ from aiproc.server.resilience.backoff import Backoff
 from aiproc.server.resilience.clock import Clock
 from aiproc.server.resilience.rate_limiter import Limiter
 from aiproc.server.telemetry import genai
+from aiproc.server.telemetry.current_span import CurrentSpan
 from aiproc.server.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -342,9 +342,7 @@ class TaskRunner:
         remaining = deadline - self._clock.monotonic()
         return max(remaining - min(CALL_TIMEOUT_MARGIN, remaining * 0.1), 0.001)
 
-    def _provider_span(
-        self, lease: Lease, request: CompletionRequest, attempt: int
-    ) -> AbstractContextManager[Span]:
+    def _provider_span(self, lease: Lease, request: CompletionRequest, attempt: int) -> CurrentSpan:
         """The GenAI client span of one provider call (the HTTP call nests beneath it)."""
         provider = lease.slot.provider
         attributes: dict[str, AttributeValue] = {
@@ -361,12 +359,10 @@ class TaskRunner:
             attributes[genai.INPUT_MESSAGES] = json.dumps(
                 [{"role": m.role, "content": m.content} for m in request.messages]
             )
-        return self._tracer.start_as_current_span(
-            genai.span_name(request.model),
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
+        return CurrentSpan(
+            self._tracer.start_span(
+                genai.span_name(request.model), kind=SpanKind.CLIENT, attributes=attributes
+            )
         )
 
     def _measure_call(

@@ -68,6 +68,11 @@ class TracedTransport(httpx.AsyncBaseTransport):
 
 def safe_url(url: httpx.URL) -> str:
     """`url` without user info, and with the values of credential-like query keys redacted."""
+    text = str(url)
+    if "@" not in text and "?" not in text:
+        # Nothing to take out (the common case: an API path): copy_with would
+        # re-parse the URL, about 14 µs against 0.5 µs, to give the same text.
+        return text
     query = ""
     if url.query:
         pairs = urllib.parse.parse_qsl(url.query.decode("ascii", "replace"), keep_blank_values=True)

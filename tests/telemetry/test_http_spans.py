@@ -96,6 +96,26 @@ async def test_no_header_and_no_credential_in_the_query_reaches_a_span(
 def test_user_info_and_credential_query_values_are_left_out_of_the_url() -> None:
     url = httpx.URL(f"https://user:{SECRET}@llm.example:8443/v1?api-version=1&sig={SECRET}")
     assert safe_url(url) == "https://llm.example:8443/v1?api-version=1&sig=REDACTED"
+    assert safe_url(httpx.URL(f"https://user:{SECRET}@llm.example/v1")) == "https://llm.example/v1"
+    assert safe_url(httpx.URL(f"https://llm.example/v1?key={SECRET}")) == (
+        "https://llm.example/v1?key=REDACTED"
+    )
+    assert safe_url(httpx.URL("https://llm.example/v1?")) == "https://llm.example/v1"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "http://127.0.0.1:41234/v1/chat/completions",
+        "https://llm.example/v1/models/gemini-1.5:generateContent",
+        "https://[::1]:8443/a%20b/c#part",
+        "https://xn--bcher-kva.example/v1",
+        "https://llm.example/path/with@sign",
+    ],
+)
+def test_a_url_with_nothing_to_redact_is_kept_as_it_is(text: str) -> None:
+    url = httpx.URL(text)
+    assert safe_url(url) == str(url)
 
 
 async def test_an_error_status_and_a_failed_connection_mark_the_span_as_an_error(

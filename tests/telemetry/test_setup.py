@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client.parser import text_string_to_metric_families
@@ -162,6 +163,41 @@ def test_the_sampler_comes_from_otel_traces_sampler_else_the_configured_ratio(
         assert span.is_recording() is recorded
 
     assert len(exporter.get_finished_spans()) == int(recorded)
+
+
+# Exemplars
+
+
+@pytest.mark.parametrize(
+    ("filter_name", "in_span", "outside_span"),
+    [
+        (None, 0, 0),
+        ("always_off", 0, 0),
+        ("trace_based", 1, 0),
+        ("TRACE_BASED", 1, 0),
+        ("always_on", 1, 1),
+        ("sometimes", 0, 0),
+    ],
+)
+def test_exemplars_are_off_unless_otel_metrics_exemplar_filter_asks_for_them(
+    start: Start, filter_name: str | None, in_span: int, outside_span: int
+) -> None:
+    reader = InMemoryMetricReader()
+    env = {} if filter_name is None else {"OTEL_METRICS_EXEMPLAR_FILTER": filter_name}
+    telemetry = start(env=env, span_exporter=InMemorySpanExporter(), metric_readers=[reader])
+    histogram = telemetry.meter.create_histogram("aiproc.test.duration")
+    with telemetry.tracer.start_as_current_span("sampled"):
+        histogram.record(1.0, {"where": "in span"})
+    histogram.record(1.0, {"where": "outside"})
+
+    data = reader.get_metrics_data()
+    assert data is not None
+    (metric,) = data.resource_metrics[0].scope_metrics[0].metrics
+    exemplars = {
+        dict(point.attributes or {})["where"]: len(point.exemplars)
+        for point in metric.data.data_points
+    }
+    assert exemplars == {"in span": in_span, "outside": outside_span}
 
 
 # OTLP: which exporter, which endpoint, and the flush at shutdown
