@@ -9,7 +9,9 @@ the Python client, `--concurrency` of them in flight at a time. "on" rounds trac
 every task (sampler ratio 1) and export spans and metrics over OTLP/gRPC to a
 sink in another process (bench/otlp_sink.py), so receiving costs the measured
 process nothing. Rounds alternate off, on, off, on... after one untimed warm-up;
-the medians are compared. Prints one table and writes bench/results/tracing.json.
+the medians are compared. The process runs with the garbage-collector settings
+of `aiproc serve` (server/gc_tuning.py) in both kinds of round. Prints one
+table and writes bench/results/tracing.json.
 
 OTEL_* variables of the calling shell are ignored: the rounds differ only in
 what the script sets.
@@ -19,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import json
 import os
 import signal
 import statistics
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,7 @@ import _harness
 
 from aiproc.server.config import Config
 from aiproc.server.fakes.openai_server import FakeOpenAIServer
+from aiproc.server.gc_tuning import tune_for_serving
 
 HERE = Path(__file__).resolve().parent
 SINK = HERE / "otlp_sink.py"
@@ -193,7 +199,26 @@ def report(rounds: list[Round], tasks: int, concurrency: int, warmup: int) -> di
     }
 
 
+@contextlib.contextmanager
+def serving_gc() -> Iterator[None]:
+    """The garbage-collector settings `aiproc serve` runs with (see server/gc_tuning.py),
+    for both kinds of round, so that what is measured is tracing's cost as deployed; the
+    process's own settings come back afterwards (the suite runs other sections after)."""
+    thresholds = gc.get_threshold()
+    tune_for_serving()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
 async def main_async(tasks: int, pairs: int, concurrency: int, warmup: int) -> dict[str, Any]:
+    with serving_gc():
+        return await _measure(tasks, pairs, concurrency, warmup)
+
+
+async def _measure(tasks: int, pairs: int, concurrency: int, warmup: int) -> dict[str, Any]:
     async with FakeOpenAIServer(record=False) as fake:
         # The first server in a process pays for imports and first connections.
         await run_round(0, False, fake, warmup, concurrency)
