@@ -11,10 +11,10 @@ import grpc
 from opentelemetry.trace import NoOpTracer, Span, SpanKind, Tracer
 
 from aiproc.server.api import convert, metadata
-from aiproc.server.api.acks import AckBatcher
 from aiproc.server.api.status import Context, abort_with, unary_rpc
 from aiproc.server.api.stream_limits import StreamLimits, StreamSlot
 from aiproc.server.api.tracing import SERVICE
+from aiproc.server.core.batching import IdBatcher
 from aiproc.server.core.errors import AiprocError, InvalidArgument, NotFound
 from aiproc.server.core.hub import Subscription
 from aiproc.server.core.models import TaskResult
@@ -199,12 +199,12 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
     ) -> None:
         """Applies subscriptions and acks; the caller half-closing ends the call.
 
-        Acks are applied behind the reading, so a Subscribe never waits for a store
-        write; every ack read is applied before the call ends. Whatever ends the
-        reading ends the stream too: a failure is kept for the call to end with,
-        and the subscription is closed, so the call never hangs.
+        Acks are applied behind the reading, many per store write, so a Subscribe
+        never waits for one; every ack read is applied before the call ends.
+        Whatever ends the reading ends the stream too: a failure is kept for the
+        call to end with, and the subscription is closed, so the call never hangs.
         """
-        acks = AckBatcher(partial(self._processor.ack, client_id), MAX_IDS_PER_MESSAGE)
+        acks = IdBatcher(partial(self._processor.ack, client_id), MAX_IDS_PER_MESSAGE)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(acks.run())
@@ -226,7 +226,7 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
         requests: AsyncIterator[pb.StreamResultsRequest],
         subscription: Subscription,
         client_id: str,
-        acks: AckBatcher,
+        acks: IdBatcher,
     ) -> None:
         async for request in requests:
             kind = request.WhichOneof("kind")

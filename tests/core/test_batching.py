@@ -1,0 +1,69 @@
+"""IdBatcher: ids handed on in order, those added while a batch is handled together."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aiproc.server.core.batching import IdBatcher
+
+
+class Handled:
+    """Records each batch; the first waits for `release`."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, task_ids: list[str]) -> None:
+        self.calls.append(task_ids)
+        self.started.set()
+        await self.release.wait()
+
+
+async def test_ids_added_while_a_batch_is_handled_go_together_in_the_next() -> None:
+    handled = Handled()
+    batcher = IdBatcher(handled, most=100)
+    running = asyncio.create_task(batcher.run())
+    batcher.add(["a"])
+    await handled.started.wait()
+    batcher.add(["b", "c"])
+    batcher.add(["d"])
+    batcher.close()
+    handled.release.set()
+    async with asyncio.timeout(5):
+        await running
+    assert handled.calls == [["a"], ["b", "c", "d"]]
+
+
+async def test_a_batch_takes_at_most_most_ids() -> None:
+    handled = Handled()
+    handled.release.set()
+    batcher = IdBatcher(handled, most=2)
+    batcher.add(["a", "b", "c", "d", "e"])
+    batcher.close()
+    async with asyncio.timeout(5):
+        await batcher.run()
+    assert handled.calls == [["a", "b"], ["c", "d"], ["e"]]
+
+
+async def test_a_failed_batch_ends_run_with_its_error() -> None:
+    async def failing(task_ids: list[str]) -> None:
+        raise OSError("no room")
+
+    batcher = IdBatcher(failing, most=10)
+    batcher.add(["a"])
+    with pytest.raises(OSError, match="no room"):
+        async with asyncio.timeout(5):
+            await batcher.run()
+
+
+async def test_no_id_is_taken_after_close() -> None:
+    batcher = IdBatcher(Handled(), most=10)
+    batcher.close()
+    with pytest.raises(RuntimeError):
+        batcher.add(["a"])
+    async with asyncio.timeout(5):
+        await batcher.run()  # nothing to hand on: returns at once
