@@ -48,6 +48,9 @@ FIRST_PAUSE = 0.05
 LONGEST_PAUSE = 2.0
 IDS_PER_MESSAGE = 1000
 """Task ids in one Subscribe or Ack at most (the server takes up to 10,000)."""
+LINGER = 0.01
+"""Seconds an id waits for others to share its Subscribe or Ack: each message costs
+both sides far more than an id in it, and results come too fast to wait alone."""
 
 
 def add_parser(commands: argparse._SubParsersAction[Any], env: Mapping[str, str]) -> None:
@@ -97,8 +100,8 @@ class BatchRunner:
         self._input_done = False
         self._finished = asyncio.Event()
         self._stream: ResultStream | None = None
-        self._subscribes = IdBatcher(self._send_subscribes, IDS_PER_MESSAGE)
-        self._acks = IdBatcher(self._send_acks, IDS_PER_MESSAGE)
+        self._subscribes = IdBatcher(self._send_subscribes, IDS_PER_MESSAGE, linger=LINGER)
+        self._acks = IdBatcher(self._send_acks, IDS_PER_MESSAGE, linger=LINGER)
 
     def __repr__(self) -> str:
         return f"<BatchRunner [{self._started} started | {len(self._pending)} awaited]>"

@@ -9,6 +9,7 @@ meanwhile keeps up, in as few round trips as the pace allows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 
 HandleIds = Callable[[list[str]], Awaitable[None]]
@@ -16,11 +17,17 @@ HandleIds = Callable[[list[str]], Awaitable[None]]
 
 class IdBatcher:
     """Hands ids to `handle` in the order they were added, all those added while one
-    batch is handled (up to `most`) going in the next; `run` does the handing on."""
+    batch is handled (up to `most`) going in the next; `run` does the handing on.
 
-    def __init__(self, handle: HandleIds, most: int) -> None:
+    With a `linger` (seconds), a batch's first id waits that long for others to
+    join it, unless the batch fills up or the batcher is closed first: fewer,
+    larger batches, for ids whose handing on may wait a little.
+    """
+
+    def __init__(self, handle: HandleIds, most: int, *, linger: float = 0.0) -> None:
         self._handle = handle
         self._most = most
+        self._linger = linger
         self._waiting: list[str] = []
         self._more = asyncio.Event()
         self._closed = False
@@ -47,6 +54,16 @@ class IdBatcher:
                 self._more.clear()
                 await self._more.wait()
                 continue
+            if self._linger:
+                await self._fill_up()
             task_ids = self._waiting[: self._most]
             del self._waiting[: self._most]
             await self._handle(task_ids)
+
+    async def _fill_up(self) -> None:
+        """Waits up to `linger` seconds for a full batch, or for the batcher to close."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._linger):
+                while len(self._waiting) < self._most and not self._closed:
+                    self._more.clear()
+                    await self._more.wait()

@@ -67,3 +67,33 @@ async def test_no_id_is_taken_after_close() -> None:
         batcher.add(["a"])
     async with asyncio.timeout(5):
         await batcher.run()  # nothing to hand on: returns at once
+
+
+async def test_with_a_linger_a_first_id_waits_for_others_until_the_batch_is_full() -> None:
+    handled = Handled()
+    handled.release.set()
+    batcher = IdBatcher(handled, most=3, linger=3600)
+    running = asyncio.create_task(batcher.run())
+    batcher.add(["a"])
+    await asyncio.sleep(0)  # one loop turn, not a timed wait: the batcher sees "a", lingers
+    batcher.add(["b"])
+    batcher.add(["c", "d"])
+    async with asyncio.timeout(5):
+        await handled.started.wait()  # full, so handed on long before the linger is over
+        batcher.close()
+        await running
+    assert handled.calls == [["a", "b", "c"], ["d"]]
+
+
+async def test_closing_cuts_a_linger_short() -> None:
+    handled = Handled()
+    handled.release.set()
+    batcher = IdBatcher(handled, most=100, linger=3600)
+    running = asyncio.create_task(batcher.run())
+    batcher.add(["a"])
+    await asyncio.sleep(0)  # one loop turn: the batcher sees "a" and lingers
+    batcher.add(["b"])
+    batcher.close()
+    async with asyncio.timeout(5):
+        await running
+    assert handled.calls == [["a", "b"]]
