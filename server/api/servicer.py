@@ -25,6 +25,8 @@ from aiproc.v1 import processor_service_pb2 as pb
 from aiproc.v1 import processor_service_pb2_grpc as pb_grpc
 
 MAX_IDS_PER_MESSAGE = 10_000
+MAX_UNAPPLIED_ACKS = MAX_IDS_PER_MESSAGE
+"""Acked ids a stream keeps waiting for the store at most before it reads on."""
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 10_000
 
@@ -234,6 +236,8 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
                 await self._subscribe(request.subscribe, subscription, client_id)
             elif kind == "ack":
                 acks.add(list(_ids(request.ack.task_ids, "ack.task_ids")))  # all or none
+                # Flow control, not memory, holds back a caller acking faster than the store.
+                await acks.wait_for_room(MAX_UNAPPLIED_ACKS)
             else:
                 raise InvalidArgument("kind", "set subscribe or ack")
 

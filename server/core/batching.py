@@ -30,6 +30,7 @@ class IdBatcher:
         self._linger = linger
         self._waiting: list[str] = []
         self._more = asyncio.Event()
+        self._taken = asyncio.Event()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -41,6 +42,13 @@ class IdBatcher:
             raise RuntimeError("the IdBatcher is closed")
         self._waiting.extend(task_ids)
         self._more.set()
+
+    async def wait_for_room(self, most_waiting: int) -> None:
+        """Returns once fewer than `most_waiting` ids wait: lets whoever adds them slow down
+        to the pace they are handed on at, so that the waiting ones stay bounded."""
+        while len(self._waiting) >= most_waiting:
+            self._taken.clear()
+            await self._taken.wait()
 
     def close(self) -> None:
         """No more ids: `run` returns once it has handed on those added."""
@@ -58,6 +66,7 @@ class IdBatcher:
                 await self._fill_up()
             task_ids = self._waiting[: self._most]
             del self._waiting[: self._most]
+            self._taken.set()
             await self._handle(task_ids)
 
     async def _fill_up(self) -> None:

@@ -97,3 +97,18 @@ async def test_closing_cuts_a_linger_short() -> None:
     async with asyncio.timeout(5):
         await running
     assert handled.calls == [["a", "b"]]
+
+
+async def test_room_comes_once_a_batch_is_taken_from_those_waiting() -> None:
+    handled = Handled()
+    batcher = IdBatcher(handled, most=2)
+    batcher.add(["a", "b", "c"])
+    room = asyncio.create_task(batcher.wait_for_room(most_waiting=2))
+    running = asyncio.create_task(batcher.run())
+    async with asyncio.timeout(5):
+        await room  # "a" and "b" taken, "c" still waits: one is fewer than two
+        assert handled.calls == [["a", "b"]]
+        handled.release.set()
+        batcher.close()
+        await running
+    assert handled.calls == [["a", "b"], ["c"]]
