@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Iterator
+from functools import partial
 
 import grpc
 from opentelemetry.trace import NoOpTracer, Span, SpanKind, Tracer
@@ -13,6 +14,7 @@ from aiproc.server.api import convert, metadata
 from aiproc.server.api.status import Context, abort_with, unary_rpc
 from aiproc.server.api.stream_limits import StreamLimits, StreamSlot
 from aiproc.server.api.tracing import SERVICE
+from aiproc.server.core.batching import IdBatcher
 from aiproc.server.core.errors import AiprocError, InvalidArgument, NotFound
 from aiproc.server.core.hub import Subscription
 from aiproc.server.core.models import TaskResult
@@ -23,6 +25,8 @@ from aiproc.v1 import processor_service_pb2 as pb
 from aiproc.v1 import processor_service_pb2_grpc as pb_grpc
 
 MAX_IDS_PER_MESSAGE = 10_000
+MAX_UNAPPLIED_ACKS = MAX_IDS_PER_MESSAGE
+"""Acked ids a stream keeps waiting for the store at most before it reads on."""
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 10_000
 
@@ -197,25 +201,45 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
     ) -> None:
         """Applies subscriptions and acks; the caller half-closing ends the call.
 
+        Acks are applied behind the reading, many per store write, so a Subscribe
+        never waits for one; every ack read is applied before the call ends.
         Whatever ends the reading ends the stream too: a failure is kept for the
         call to end with, and the subscription is closed, so the call never hangs.
         """
+        acks = IdBatcher(partial(self._processor.ack, client_id), MAX_IDS_PER_MESSAGE)
         try:
-            async for request in requests:
-                kind = request.WhichOneof("kind")
-                if kind == "subscribe":
-                    await self._subscribe(request.subscribe, subscription, client_id)
-                elif kind == "ack":
-                    ids = list(_ids(request.ack.task_ids, "ack.task_ids"))
-                    await self._processor.ack(client_id, ids)
-                else:
-                    raise InvalidArgument("kind", "set subscribe or ack")
-        except grpc.aio.AioRpcError:
-            pass  # the caller went away; the call is over anyway
-        except Exception as exc:  # an AiprocError, or a bug that must not leave the call open
-            failure.append(exc)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(acks.run())
+                try:
+                    await self._read_all(requests, subscription, client_id, acks)
+                except grpc.aio.AioRpcError:
+                    pass  # the caller went away; the call is over anyway
+                except Exception as exc:  # an AiprocError, or a bug that must not leave it open
+                    failure.append(exc)
+                finally:
+                    acks.close()
+        except* Exception as errors:  # an ack the store could not apply
+            failure.append(errors.exceptions[0])
         finally:
             subscription.close()
+
+    async def _read_all(
+        self,
+        requests: AsyncIterator[pb.StreamResultsRequest],
+        subscription: Subscription,
+        client_id: str,
+        acks: IdBatcher,
+    ) -> None:
+        async for request in requests:
+            kind = request.WhichOneof("kind")
+            if kind == "subscribe":
+                await self._subscribe(request.subscribe, subscription, client_id)
+            elif kind == "ack":
+                acks.add(list(_ids(request.ack.task_ids, "ack.task_ids")))  # all or none
+                # Flow control, not memory, holds back a caller acking faster than the store.
+                await acks.wait_for_room(MAX_UNAPPLIED_ACKS)
+            else:
+                raise InvalidArgument("kind", "set subscribe or ack")
 
     async def _subscribe(
         self, request: pb.Subscribe, subscription: Subscription, client_id: str

@@ -2,7 +2,9 @@
 
 Up to --concurrency QueueTask calls are in flight while one StreamResults
 call receives the results; each id is subscribed as soon as it is queued,
-and each result is acknowledged only after its line is written.
+and each result is acknowledged only after its line is written. Subscribes
+and acks go in batches: all the ids that came while the previous message was
+being sent go in one message.
 """
 
 from __future__ import annotations
@@ -38,11 +40,17 @@ from aiproc.server.cli.common import (
 from aiproc.server.cli.jsonl import BadLine, BatchItem, count_tasks, read_items
 from aiproc.server.cli.progress import ProgressBar, Tally
 from aiproc.server.cli.submit import failure_line, finished_result
+from aiproc.server.core.batching import IdBatcher
 
 DEFAULT_CONCURRENCY = 64
 FIRST_PAUSE = 0.05
 """Seconds a queue-full line waits for a result before retrying anyway, at first."""
 LONGEST_PAUSE = 2.0
+IDS_PER_MESSAGE = 1000
+"""Task ids in one Subscribe or Ack at most (the server takes up to 10,000)."""
+LINGER = 0.01
+"""Seconds an id waits for others to share its Subscribe or Ack: each message costs
+both sides far more than an id in it, and results come too fast to wait alone."""
 
 
 def add_parser(commands: argparse._SubParsersAction[Any], env: Mapping[str, str]) -> None:
@@ -92,6 +100,8 @@ class BatchRunner:
         self._input_done = False
         self._finished = asyncio.Event()
         self._stream: ResultStream | None = None
+        self._subscribes = IdBatcher(self._send_subscribes, IDS_PER_MESSAGE, linger=LINGER)
+        self._acks = IdBatcher(self._send_acks, IDS_PER_MESSAGE, linger=LINGER)
 
     def __repr__(self) -> str:
         return f"<BatchRunner [{self._started} started | {len(self._pending)} awaited]>"
@@ -102,8 +112,15 @@ class BatchRunner:
             try:
                 async with asyncio.TaskGroup() as tasks:
                     receiving = tasks.create_task(self._receive(stream))
+                    sending = [
+                        tasks.create_task(self._subscribes.run()),
+                        tasks.create_task(self._acks.run()),
+                    ]
                     await self._queue_all(tasks)
                     await self._finished.wait()
+                    self._subscribes.close()
+                    self._acks.close()
+                    await asyncio.gather(*sending)  # every ack sent before half-closing
                     # Half-closing lets the server take the last acks and end the call,
                     # which ends the receiver; cancelling it could lose those acks.
                     await stream.done_writing()
@@ -140,13 +157,13 @@ class BatchRunner:
                 self._bad(item.line, f"deduplicated task {queued.task_id}: {exc}")
                 return
             self._write(result, [item])
-            await self._subscribed().ack([queued.task_id])
+            self._acks.add([queued.task_id])
             return
         # Registered before subscribing: the result may arrive right away.
         waiting = self._pending.setdefault(queued.task_id, [])
         waiting.append(item)
         if len(waiting) == 1:
-            await self._subscribed().subscribe([queued.task_id])
+            self._subscribes.add([queued.task_id])
 
     async def _queue_with_room(self, item: BatchItem) -> QueuedTask:
         pause = FIRST_PAUSE
@@ -182,7 +199,7 @@ class BatchRunner:
             if items is None:
                 continue  # delivered again before our ack landed; already written
             self._write(item, items)
-            await stream.ack([item.task_id])
+            self._acks.add([item.task_id])
             async with self._room:
                 self._room.notify(1)
         if not self._finished.is_set():
@@ -200,8 +217,14 @@ class BatchRunner:
             else:
                 self._tally.failed += 1
                 self._progress.note(f"aiproc: line {item.line}: {failure_line(result)}")
-        self._out.flush()
         self._changed()
+
+    async def _send_subscribes(self, task_ids: list[str]) -> None:
+        await self._subscribed().subscribe(task_ids)
+
+    async def _send_acks(self, task_ids: list[str]) -> None:
+        self._out.flush()  # acknowledged only once their lines are out of this process
+        await self._subscribed().ack(task_ids)
 
     def _bad(self, line: int, reason: str) -> None:
         self._tally.bad += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import replace
@@ -20,7 +21,9 @@ class MemoryStore:
         self.retention = retention
         self._tasks: dict[str, Task] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()  # task_id -> finished_at
-        self._pending: dict[str, OrderedDict[str, TaskResult]] = {}  # client -> results
+        # client -> task_id -> (completion number, result), in completion order
+        self._pending: dict[str, dict[str, tuple[int, TaskResult]]] = {}
+        self._completions = itertools.count()
         self._idempotency: dict[tuple[str, str], str] = {}
 
     @property
@@ -60,7 +63,8 @@ class MemoryStore:
         task.finished_at = finished_at
         task.result = replace(result, attempts=max(result.attempts, task.attempts))
         self._finished[task.task_id] = finished_at
-        self._pending.setdefault(task.client_id, OrderedDict())[task.task_id] = task.result
+        completion = next(self._completions)
+        self._pending.setdefault(task.client_id, {})[task.task_id] = (completion, task.result)
         return task.result
 
     async def pending_results(
@@ -70,8 +74,14 @@ class MemoryStore:
         if not pending:
             return []
         if task_ids is None:
-            return list(pending.values())
-        return [result for task_id, result in pending.items() if task_id in task_ids]
+            return [result for _, result in pending.values()]
+        if len(task_ids) >= len(pending):
+            return [result for task_id, (_, result) in pending.items() if task_id in task_ids]
+        # Fewer ids than results: looked up, not scanned for, so that a subscriber adding
+        # ids one at a time costs the same however large the client's unacked backlog is.
+        found = [pending[task_id] for task_id in set(task_ids) if task_id in pending]
+        found.sort(key=lambda entry: entry[0])  # completion order
+        return [result for _, result in found]
 
     async def ack(self, client_id: str, task_ids: Collection[str]) -> int:
         pending = self._pending.get(client_id)

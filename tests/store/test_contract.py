@@ -162,6 +162,18 @@ async def test_pending_results_per_client_in_completion_order(store: TaskStore) 
     assert await store.pending_results("carol") == []
 
 
+async def test_a_few_ids_of_a_longer_backlog_come_in_completion_order(store: TaskStore) -> None:
+    tasks = [task(f"t{n}", "alice", sequence=n) for n in range(1, 7)]
+    for queued in tasks:
+        await store.put(queued)
+    for index in (5, 2, 0, 4, 1, 3):  # t6, t3, t1, t5, t2, t4
+        await store.finish(result(tasks[index]), finished_at=1001.0 + index)
+
+    chosen = await store.pending_results("alice", ["t4", "t1", "unknown", "t6", "t1"])
+
+    assert [r.task_id for r in chosen] == ["t6", "t1", "t4"]
+
+
 async def test_ack_removes_results_and_counts_them(store: TaskStore) -> None:
     mine, theirs = task("t1", "alice", sequence=1), task("t2", "bob", sequence=2)
     for queued in (mine, theirs, task("t3", "alice", sequence=3)):
