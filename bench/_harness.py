@@ -10,11 +10,13 @@ between a script's rounds is only the config it passes to `run_round`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +27,7 @@ from _load import AiprocLoad
 from aiproc.server.app import AiprocServer
 from aiproc.server.config import Config, ProviderConfig, load_config, validate
 from aiproc.server.fakes.openai_server import FakeOpenAIServer
+from aiproc.server.gc_tuning import tune_for_serving
 from aiproc.server.telemetry.setup import Telemetry
 
 
@@ -40,6 +43,21 @@ class Timing:
     """CPU time of the whole process (every thread) over those seconds."""
     counted: int | None = None
     """What run_round's `count` grew by over those seconds; None without one."""
+
+
+@contextlib.contextmanager
+def serving_gc() -> Iterator[None]:
+    """The garbage-collector settings `aiproc serve` runs with (server/gc_tuning.py), for
+    benchmarks whose server runs in their own process: what they measure is then the
+    server as deployed, and not, say, collections walking the heap of a library the suite
+    imported earlier. The process's own settings come back afterwards."""
+    thresholds = gc.get_threshold()
+    tune_for_serving()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def bench_config(

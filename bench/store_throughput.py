@@ -23,7 +23,8 @@ another process, so it is reported apart, with the commands Redis processed
 (each call inside a Lua script counted as one), both read from INFO around the
 whole round (server start and stop included, and any other client of that
 Redis too).
-Prints one table and writes bench/results/store.json.
+The process runs with the garbage-collector settings of `aiproc serve`
+(server/gc_tuning.py). Prints one table and writes bench/results/store.json.
 """
 
 from __future__ import annotations
@@ -333,6 +334,13 @@ def report(
 
 
 async def main_async(
+    tasks: int, repeats: int, concurrency: int, warmup: int, data_root: Path | None, redis_url: str
+) -> dict[str, Any]:
+    with _harness.serving_gc():
+        return await _measure(tasks, repeats, concurrency, warmup, data_root, redis_url)
+
+
+async def _measure(
     tasks: int, repeats: int, concurrency: int, warmup: int, data_root: Path | None, redis_url: str
 ) -> dict[str, Any]:
     # Other processes on the machine are the main source of noise: the result file says how busy.

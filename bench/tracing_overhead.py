@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
 import json
 import os
 import signal
 import statistics
 import sys
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +34,6 @@ import _harness
 
 from aiproc.server.config import Config
 from aiproc.server.fakes.openai_server import FakeOpenAIServer
-from aiproc.server.gc_tuning import tune_for_serving
 
 HERE = Path(__file__).resolve().parent
 SINK = HERE / "otlp_sink.py"
@@ -199,22 +195,8 @@ def report(rounds: list[Round], tasks: int, concurrency: int, warmup: int) -> di
     }
 
 
-@contextlib.contextmanager
-def serving_gc() -> Iterator[None]:
-    """The garbage-collector settings `aiproc serve` runs with (see server/gc_tuning.py),
-    for both kinds of round, so that what is measured is tracing's cost as deployed; the
-    process's own settings come back afterwards (the suite runs other sections after)."""
-    thresholds = gc.get_threshold()
-    tune_for_serving()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*thresholds)
-
-
 async def main_async(tasks: int, pairs: int, concurrency: int, warmup: int) -> dict[str, Any]:
-    with serving_gc():
+    with _harness.serving_gc():
         return await _measure(tasks, pairs, concurrency, warmup)
 
 
