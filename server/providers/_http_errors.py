@@ -62,11 +62,17 @@ def _unprintable(char: str) -> bool:
     return unicodedata.category(char)[0] == "C"
 
 
+_LABELS_KEPT = 256
+"""Distinct vendor words a Redactor remembers as made safe, at most."""
+
+
 class Redactor:
     """Turns vendor text into a short, one-line excerpt that never shows a key."""
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         self._secrets = tuple(secret for secret in secrets if secret)
+        self._labels: dict[str, str] = {}
+        """Words already made safe: every answer names the same model and finish reason."""
 
     def hide(self, text: str) -> str:
         """`text` with every known secret replaced, and nothing else changed."""
@@ -87,7 +93,15 @@ class Redactor:
 
     def label(self, value: object) -> str:
         """A short vendor word (a finish reason, a model name) made safe; "" unless a string."""
-        return self.excerpt(value) if isinstance(value, str) else ""
+        if not isinstance(value, str):
+            return ""
+        safe = self._labels.get(value)
+        if safe is None:
+            safe = self.excerpt(value)
+            if len(self._labels) >= _LABELS_KEPT:  # a provider inventing words: start over
+                self._labels.clear()
+            self._labels[value] = safe
+        return safe
 
     def _without_secret_start(self, text: str) -> str:
         """Hides the start of a known secret that a cut left at the end of `text`."""

@@ -187,3 +187,13 @@ def test_labels_are_strings_or_nothing() -> None:
     assert redactor.label(f"stop {SECRET}") == "stop [redacted]"
     assert redactor.label({"nested": ["x"]}) == ""
     assert redactor.label("r" * 5000) == "r" * 200 + "…"
+
+
+def test_labels_remembered_are_the_same_safe_words() -> None:
+    redactor = Redactor((SECRET,))
+    words = [f"model-{n} {SECRET}" for n in range(1000)]  # more than it remembers
+
+    first = [redactor.label(word) for word in words]
+    again = [redactor.label(word) for word in words]
+
+    assert first == again == [f"model-{n} [redacted]" for n in range(1000)]
