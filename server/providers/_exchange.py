@@ -77,8 +77,8 @@ class Exchange:
         except httpx.TransportError as exc:
             raise self._network_error(exc) from exc
         # httpx's other errors (a Content-Encoding that does not decode, ...), and aiohttp's
-        # own for an answer that is not HTTP at all (a bad status line or header), which the
-        # httpx-aiohttp transport lets through unmapped.
+        # own for an answer that is not HTTP at all (a bad status line or header), which our
+        # transport lets through unmapped.
         except (httpx.HTTPError, aiohttp.ClientError) as exc:
             detail = self._redactor.excerpt(str(exc)) or type(exc).__name__
             raise BadResponse(
@@ -148,7 +148,8 @@ class Exchange:
 
     def _network_error(self, exc: httpx.TransportError) -> ProviderError:
         detail = self._redactor.excerpt(str(exc)) or type(exc).__name__
-        # ConnectTimeout is not here: httpx_aiohttp raises it for resets and refusals.
+        # ConnectTimeout is not here: a provider that cannot be reached in time is
+        # unreachable (transient, so the next attempt goes elsewhere), not slow.
         if isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout | httpx.PoolTimeout):
             return ProviderTimeout(
                 f"{self._provider}: timed out: {detail}", provider=self._provider
