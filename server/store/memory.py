@@ -61,7 +61,9 @@ class MemoryStore:
             return None
         task.state = result.state
         task.finished_at = finished_at
-        task.result = replace(result, attempts=max(result.attempts, task.attempts))
+        if task.attempts > result.attempts:  # calls a crash interrupted count too
+            result = replace(result, attempts=task.attempts)
+        task.result = result
         self._finished[task.task_id] = finished_at
         completion = next(self._completions)
         self._pending.setdefault(task.client_id, {})[task.task_id] = (completion, task.result)
