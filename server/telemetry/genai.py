@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+from types import MappingProxyType
 from urllib.parse import urlsplit
 
 OPERATION = "chat"
@@ -41,10 +44,13 @@ def span_name(model: str) -> str:
     return f"{OPERATION} {model}" if model else OPERATION
 
 
-def server_attributes(base_url: str) -> dict[str, str | int]:
-    """server.address and server.port of an API root; userinfo never leaves the URL."""
+@functools.lru_cache(maxsize=64)
+def server_attributes(base_url: str) -> Mapping[str, str | int]:
+    """server.address and server.port of an API root; userinfo never leaves the URL.
+
+    Cached: every call to a provider asks again for the same few roots."""
     if not base_url:
-        return {}
+        return MappingProxyType({})
     parts = urlsplit(base_url)
     attributes: dict[str, str | int] = {}
     if parts.hostname:
@@ -55,4 +61,4 @@ def server_attributes(base_url: str) -> dict[str, str | int]:
         port = None
     if port is not None:
         attributes[SERVER_PORT] = port
-    return attributes
+    return MappingProxyType(attributes)  # shared by every caller: read-only
