@@ -109,10 +109,7 @@ class Journal:
         """Returns once `statements` are committed, in one transaction with whatever queued
         alongside; raises StoreError if they were not. An empty change waits until every
         change queued before it is committed."""
-        if self._closed:
-            raise StoreError(f"the store {self.name} is closed")
-        if self._failure is not None:
-            raise self._error()
+        self._check_taking()
         committed = asyncio.get_running_loop().create_future()
         self._enqueue(_Change(statements, committed))
         # If the caller is cancelled here the change is still committed: it is queued.
@@ -127,11 +124,15 @@ class Journal:
         suspension and a wake-up per change. Order is kept: a later `write` commits after it,
         and a failed commit of it fails that later write.
         """
+        self._check_taking()
+        self._enqueue(_Change(statements, None))
+
+    def _check_taking(self) -> None:
+        """Raises StoreError unless the journal still takes changes."""
         if self._closed:
             raise StoreError(f"the store {self.name} is closed")
         if self._failure is not None:
             raise self._error()
-        self._enqueue(_Change(statements, None))
 
     def _enqueue(self, change: _Change) -> None:
         # Handing each change to the thread on its own would wake it (and make it take the
