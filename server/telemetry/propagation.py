@@ -11,18 +11,24 @@ from collections.abc import Iterable, Mapping
 
 from opentelemetry import propagate
 from opentelemetry.context import Context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+# The stored task's carrier is aiproc's own, written and read by aiproc only:
+# W3C trace context alone, whatever OTEL_PROPAGATORS says for calls in and out,
+# and none of the composite propagator's (and baggage's) work per task.
+_TASK_CARRIER = TraceContextTextMapPropagator()
 
 
 def inject_current() -> dict[str, str]:
-    """The current trace context as a carrier; empty when there is no recording span."""
+    """The current trace context as a task's carrier; empty when there is no valid span."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    _TASK_CARRIER.inject(carrier)
     return carrier
 
 
 def extract(carrier: Mapping[str, str]) -> Context:
-    """The context a carrier holds (an empty one when it holds none)."""
-    return propagate.extract(carrier)
+    """The context a task's carrier holds (an empty one when it holds none)."""
+    return _TASK_CARRIER.extract(carrier)
 
 
 def context_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Context:

@@ -39,18 +39,19 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
-    ParentBased,
     Sampler,
     TraceIdRatioBased,
 )
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.re import parse_env_headers
 
 from aiproc.server.config import TelemetryConfig
+from aiproc.server.telemetry.tracer import Sampling, Tracer
 
 __all__ = ["Telemetry"]
 
@@ -77,18 +78,17 @@ class Telemetry:
     def __init__(
         self,
         *,
-        tracer_provider: TracerProvider | None,
+        tracer: Tracer | None,
+        span_processor: SpanProcessor | None,
         meter_provider: MeterProvider | None,
         prometheus: _PrometheusEndpoint | None,
         record_content: bool,
     ) -> None:
-        self._tracer_provider = tracer_provider
+        self._span_processor = span_processor
         self._meter_provider = meter_provider
         self._prometheus = prometheus
         self._record_content = record_content
-        self._tracer: trace.Tracer = (
-            tracer_provider.get_tracer(_SCOPE) if tracer_provider else trace.NoOpTracer()
-        )
+        self._tracer: trace.Tracer = tracer if tracer is not None else trace.NoOpTracer()
         self._meter: metrics.Meter = (
             meter_provider.get_meter(_SCOPE) if meter_provider else metrics.NoOpMeter(_SCOPE)
         )
@@ -118,7 +118,11 @@ class Telemetry:
         tracing = otlp or span_exporter is not None
         if disabled or not (tracing or metric_readers or config.prometheus_listen):
             return cls(
-                tracer_provider=None, meter_provider=None, prometheus=None, record_content=False
+                tracer=None,
+                span_processor=None,
+                meter_provider=None,
+                prometheus=None,
+                record_content=False,
             )
         resource = _resource(config, env)
         prometheus = (
@@ -134,9 +138,7 @@ class Telemetry:
                 readers.append(
                     PeriodicExportingMetricReader(exporter, export_interval_millis=interval)
                 )
-            tracer_provider = (
-                _tracer_provider(config, env, resource, span_exporter) if tracing else None
-            )
+            span_processor = _span_processor(config, env, span_exporter) if tracing else None
             meter_provider = (
                 MeterProvider(
                     metric_readers=readers,
@@ -151,8 +153,14 @@ class Telemetry:
             if prometheus is not None:
                 prometheus.stop()
             raise
+        tracer = (
+            Tracer(_sampler(config, env), resource, InstrumentationScope(_SCOPE), span_processor)
+            if span_processor is not None
+            else None
+        )
         return cls(
-            tracer_provider=tracer_provider,
+            tracer=tracer,
+            span_processor=span_processor,
             meter_provider=meter_provider,
             prometheus=prometheus,
             record_content=config.record_content and tracing,
@@ -171,7 +179,7 @@ class Telemetry:
     @property
     def tracing(self) -> bool:
         """Whether spans are recorded and exported."""
-        return self._tracer_provider is not None
+        return self._span_processor is not None
 
     @property
     def record_content(self) -> bool:
@@ -194,8 +202,8 @@ class Telemetry:
         self._stopped = True
         if self._prometheus is not None:
             self._prometheus.stop()
-        if self._tracer_provider is not None:
-            self._tracer_provider.shutdown()
+        if self._span_processor is not None:
+            self._span_processor.shutdown()
         if self._meter_provider is not None:
             self._meter_provider.shutdown()
 
@@ -207,22 +215,12 @@ class Telemetry:
         return f"<Telemetry tracing={tracing} metrics={metrics_state}{port}{state}>"
 
 
-def _tracer_provider(
-    config: TelemetryConfig,
-    env: Mapping[str, str],
-    resource: Resource,
-    span_exporter: SpanExporter | None,
-) -> TracerProvider:
-    processor: SpanProcessor = (
-        SimpleSpanProcessor(span_exporter)
-        if span_exporter is not None
-        else BatchSpanProcessor(_span_exporter(_otlp_target(config, env, "traces")))
-    )
-    provider = TracerProvider(
-        sampler=_sampler(config, env), resource=resource, shutdown_on_exit=False
-    )
-    provider.add_span_processor(processor)
-    return provider
+def _span_processor(
+    config: TelemetryConfig, env: Mapping[str, str], span_exporter: SpanExporter | None
+) -> SpanProcessor:
+    if span_exporter is not None:
+        return SimpleSpanProcessor(span_exporter)
+    return BatchSpanProcessor(_span_exporter(_otlp_target(config, env, "traces")))
 
 
 def _resource(config: TelemetryConfig, env: Mapping[str, str]) -> Resource:
@@ -244,9 +242,9 @@ def _resource_attributes(text: str) -> dict[str, str]:
     return attributes
 
 
-def _sampler(config: TelemetryConfig, env: Mapping[str, str]) -> Sampler:
+def _sampler(config: TelemetryConfig, env: Mapping[str, str]) -> Sampling:
     name = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
-    default = ParentBased(TraceIdRatioBased(config.sampler_ratio))
+    default = Sampling(TraceIdRatioBased(config.sampler_ratio), parent_based=True)
     root: Sampler
     if not name:
         return default
@@ -261,7 +259,7 @@ def _sampler(config: TelemetryConfig, env: Mapping[str, str]) -> Sampler:
         # The spec asks for a warning and the default, not a failure, on unknown values.
         log.warning("OTEL_TRACES_SAMPLER: unsupported sampler %r; using [telemetry] sampler", name)
         return default
-    return ParentBased(root) if name.startswith("parentbased_") else root
+    return Sampling(root, parent_based=name.startswith("parentbased_"))
 
 
 def _sampler_ratio(text: str | None) -> float:
