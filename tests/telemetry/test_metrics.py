@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 from opentelemetry.metrics import Meter, NoOpMeter
+from opentelemetry.sdk.metrics import Counter, ObservableCounter
 from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
     HistogramDataPoint,
     InMemoryMetricReader,
     NumberDataPoint,
+    Sum,
 )
 
 from aiproc.server.config import TelemetryConfig
@@ -129,6 +132,37 @@ def test_a_provider_call_records_its_duration_and_tokens_ours_and_genai(
     )
     assert (failed.count, failed.unit) == (1, "s")
     assert failed.bounds[:2] == (0.01, 0.02)
+
+
+def test_counters_export_monotonic_sums_cumulative_or_delta_as_the_reader_asks() -> None:
+    cumulative = InMemoryMetricReader()
+    # What the OTLP exporter asks for with OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=delta.
+    asked = {kind: AggregationTemporality.DELTA for kind in (Counter, ObservableCounter)}
+    delta = InMemoryMetricReader(preferred_temporality=asked)
+    telemetry = Telemetry.start(TelemetryConfig(), env={}, metric_readers=[cumulative, delta])
+    try:
+        metrics = Metrics(telemetry.meter, dict, dict)
+        sums: dict[str, list[tuple[float, AggregationTemporality]]] = {"c": [], "d": []}
+        for _ in range(2):
+            metrics.task_finished("succeeded", None, queue_wait=None, processing=None)
+            metrics.task_finished("succeeded", None, queue_wait=None, processing=None)
+            for key, reader in (("c", cumulative), ("d", delta)):
+                data = reader.get_metrics_data()
+                assert data is not None
+                (metric,) = data.resource_metrics[0].scope_metrics[0].metrics
+                assert isinstance(metric.data, Sum)
+                assert metric.data.is_monotonic
+                (point,) = metric.data.data_points
+                assert isinstance(point, NumberDataPoint)
+                sums[key].append((point.value, metric.data.aggregation_temporality))
+    finally:
+        telemetry.shutdown()
+
+    assert sums["c"] == [
+        (2, AggregationTemporality.CUMULATIVE),
+        (4, AggregationTemporality.CUMULATIVE),
+    ]
+    assert sums["d"] == [(2, AggregationTemporality.DELTA)] * 2
 
 
 def test_retries_and_rate_limit_waits_are_counted(recorded: Recorded) -> None:
