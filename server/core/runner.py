@@ -127,7 +127,8 @@ class TaskRunner:
         cap = self._config.worker_timeout
         return cap if own is None or own <= 0 else min(own, cap)
 
-    async def run(self, task: Task, queue_time: float) -> TaskResult:
+    async def run(self, task: Task, queue_time: float, trace_id: str = "") -> TaskResult:
+        """Runs `task` to its result; `trace_id` (hex, "" when untraced) goes on the result."""
         started = self._clock.monotonic()
         timeout = self.timeout_for(task)
         progress = _Progress()
@@ -138,15 +139,14 @@ class TaskRunner:
                 completion = await self._attempts(task, started + timeout, progress)
         except TimeoutError:
             error = TaskError(ErrorCode.TIMEOUT, f"task timed out after {timeout:g}s")
-            return self._failed(task, progress, queue_time, started, error)
+            return self._failed(task, progress, queue_time, started, trace_id, error)
         except _GaveUp as exc:
-            return self._failed(
-                task, progress, queue_time, started, TaskError(exc.code, exc.message)
-            )
+            error = TaskError(exc.code, exc.message)
+            return self._failed(task, progress, queue_time, started, trace_id, error)
         except Exception:
             log.exception("internal error while processing task %s", task.task_id)
             error = TaskError(ErrorCode.INTERNAL, "internal error; see the server log")
-            return self._failed(task, progress, queue_time, started, error)
+            return self._failed(task, progress, queue_time, started, trace_id, error)
         return TaskResult(
             task_id=task.task_id,
             client_id=task.client_id,
@@ -159,6 +159,7 @@ class TaskRunner:
             usage=completion.usage,
             queue_time=queue_time,
             processing_time=self._clock.monotonic() - started,
+            trace_id=trace_id,
             completed_at=self._clock.wall(),
             metadata=task.spec.metadata,
             history=tuple(progress.history),
@@ -459,6 +460,7 @@ class TaskRunner:
         progress: _Progress,
         queue_time: float,
         started: float,
+        trace_id: str,
         error: TaskError,
     ) -> TaskResult:
         return TaskResult(
@@ -471,6 +473,7 @@ class TaskRunner:
             attempts=len(progress.history),
             queue_time=queue_time,
             processing_time=self._clock.monotonic() - started,
+            trace_id=trace_id,
             completed_at=self._clock.wall(),
             metadata=task.spec.metadata,
             history=tuple(progress.history),
