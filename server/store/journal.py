@@ -2,10 +2,11 @@
 
 Callers on the event loop hand over a change (a few SQL statements) and await
 its commit, or queue it without waiting. The changes made in one turn of the
-event loop go to the thread together. The thread owns the write connection; it
-takes everything queued since its last commit into one transaction, commits,
-and settles all those callers at once: 64 concurrent changes cost one commit,
-not 64.
+event loop go to the thread together; changes nobody waits for go with the
+next awaited one (or after `BEHIND_DELAY`), never on their own. The thread owns
+the write connection; it takes everything queued since its last commit into
+one transaction, commits, and settles all those callers at once: 64 concurrent
+changes cost one commit, not 64.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiproc.server.core.errors import StoreError
+
+BEHIND_DELAY = 0.01
+"""Seconds a change nobody waits for may wait for an awaited one to travel with."""
 
 SCHEMA_VERSION = 1
 """Kept in PRAGMA user_version; a file with a higher one was written by a newer aiproc."""
@@ -75,7 +79,9 @@ class Journal:
     the file, brings the two back together.
     """
 
-    def __init__(self, connection: sqlite3.Connection, name: str) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, name: str, *, behind_delay: float = BEHIND_DELAY
+    ) -> None:
         """Use `await Journal.open(...)`."""
         self.name = name
         self.commits = 0
@@ -83,9 +89,17 @@ class Journal:
         self.changes = 0
         """Changes committed so far (each is one caller's write)."""
         self._connection = connection
+        # One cursor for every statement: `connection.execute` makes a new one each time.
+        self._cursor = connection.cursor()
+        self._behind_delay = behind_delay
         self._inbox: queue.SimpleQueue[list[_Change] | None] = queue.SimpleQueue()
         self._pending: list[_Change] = []
-        """Changes made during this turn of the event loop, handed over together at its end."""
+        """Changes not handed over yet: this turn's, and those nobody waits for since the last
+        hand-over."""
+        self._handing_over = False
+        """A hand-over is due at the end of this turn (an awaited change is pending)."""
+        self._timer: asyncio.TimerHandle | None = None
+        """The hand-over of changes nobody waits for, when no awaited one comes first."""
         self._failure: Exception | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"journal {name}", daemon=True)
@@ -93,13 +107,14 @@ class Journal:
 
     @classmethod
     async def open(
-        cls, path: Path, *, fsync: bool
+        cls, path: Path, *, fsync: bool, behind_delay: float = BEHIND_DELAY
     ) -> tuple[Journal, list[TaskRow], list[ResultRow]]:
         """Opens (or creates) the file and reads every task, and every result in the order
         they finished; raises StoreError if the file cannot be opened, is not a store, or
-        was written by a newer aiproc. `fsync` makes every commit survive power loss."""
+        was written by a newer aiproc. `fsync` makes every commit survive power loss;
+        `behind_delay` bounds how long a change nobody waits for stays in memory."""
         connection, tasks, results = await asyncio.to_thread(_read, path, fsync)
-        return cls(connection, str(path)), tasks, results
+        return cls(connection, str(path), behind_delay=behind_delay), tasks, results
 
     @property
     def closed(self) -> bool:
@@ -110,8 +125,15 @@ class Journal:
         alongside; raises StoreError if they were not. An empty change waits until every
         change queued before it is committed."""
         self._check_taking()
-        committed = asyncio.get_running_loop().create_future()
-        self._enqueue(_Change(statements, committed))
+        loop = asyncio.get_running_loop()
+        committed = loop.create_future()
+        self._pending.append(_Change(statements, committed))
+        # Handing each change to the thread on its own would wake it (and make it take the
+        # GIL) for every change, and commit most of them alone: one hand-over per turn of
+        # the event loop gathers all the changes its tasks made into one commit.
+        if not self._handing_over:
+            self._handing_over = True
+            loop.call_soon(self._hand_over)
         # If the caller is cancelled here the change is still committed: it is queued.
         await committed
 
@@ -121,11 +143,15 @@ class Journal:
 
         For changes whose loss to a crash in the moment before their commit is harmless
         (the task would run again, a result be delivered again): it spares the caller a
-        suspension and a wake-up per change. Order is kept: a later `write` commits after it,
-        and a failed commit of it fails that later write.
+        suspension and a wake-up per change. It goes to the thread with the next `write`, or
+        after `behind_delay` if none comes, so it never costs a wake-up and a commit of its
+        own while awaited changes keep coming. Order is kept: a later `write` commits after
+        it, and a failed commit of it fails that later write.
         """
         self._check_taking()
-        self._enqueue(_Change(statements, None))
+        self._pending.append(_Change(statements, None))
+        if not self._handing_over and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._behind_delay, self._hand_over)
 
     def _check_taking(self) -> None:
         """Raises StoreError unless the journal still takes changes."""
@@ -134,15 +160,11 @@ class Journal:
         if self._failure is not None:
             raise self._error()
 
-    def _enqueue(self, change: _Change) -> None:
-        # Handing each change to the thread on its own would wake it (and make it take the
-        # GIL) for every change, and commit most of them alone: one hand-over per turn of
-        # the event loop gathers all the changes its tasks made into one commit.
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._hand_over)
-        self._pending.append(change)
-
     def _hand_over(self) -> None:
+        self._handing_over = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._pending:
             self._inbox.put(self._pending)
             self._pending = []
@@ -177,11 +199,13 @@ class Journal:
     def _commit(self, batch: list[_Change]) -> None:
         if self._failure is None and any(change.statements for change in batch):
             try:
-                self._connection.execute("BEGIN")
-                for change in batch:
-                    for sql, parameters in change.statements:
-                        self._connection.execute(sql, parameters)
-                self._connection.execute("COMMIT")
+                self._cursor.execute("BEGIN")
+                for sql, rows in _runs(batch):
+                    if len(rows) == 1:
+                        self._cursor.execute(sql, rows[0])
+                    else:
+                        self._cursor.executemany(sql, rows)
+                self._cursor.execute("COMMIT")
             except Exception as exc:  # whatever it is, the callers must hear of it, not hang
                 if self._connection.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
@@ -219,6 +243,19 @@ class Journal:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "failed" if self._failure else "open"
         return f"<Journal {self.name} {state} commits={self.commits} changes={self.changes}>"
+
+
+def _runs(batch: Iterable[_Change]) -> list[tuple[str, list[Sequence[object]]]]:
+    """The batch's statements in order, each run of one SQL text gathered: one `executemany`
+    costs less than a call per statement (the acks of one message, many tasks' attempts)."""
+    runs: list[tuple[str, list[Sequence[object]]]] = []
+    for change in batch:
+        for sql, parameters in change.statements:
+            if runs and runs[-1][0] == sql:
+                runs[-1][1].append(parameters)
+            else:
+                runs.append((sql, [parameters]))
+    return runs
 
 
 def _read(path: Path, fsync: bool) -> tuple[sqlite3.Connection, list[TaskRow], list[ResultRow]]:

@@ -1,9 +1,12 @@
-"""The journal's changes nobody waits for: committed in order with the rest, failures not lost."""
+"""The journal's changes nobody waits for: committed in order with the rest, failures not lost,
+travelling with the next awaited change, and committed on their own after a short delay."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -86,3 +89,49 @@ async def test_changes_made_in_one_turn_of_the_loop_share_one_commit(
     assert journal.commits == 1
     assert journal.changes == 101
     assert len(ids_in(path)) == 101
+
+
+async def test_changes_queued_behind_wait_for_the_next_awaited_one(path: Path) -> None:
+    journal, _, _ = await Journal.open(path, fsync=False, behind_delay=3600.0)
+    try:
+        journal.write_behind([(INSERT, ("t1", 1))])
+        # Turns of the loop pass (no time is waited): nothing is handed to the thread yet.
+        for _ in range(5):
+            await asyncio.sleep(0)
+        journal.write_behind([(INSERT, ("t2", 2))])
+        await journal.write([(INSERT, ("t3", 3))])
+
+        assert journal.commits == 1
+        assert ids_in(path) == ["t1", "t2", "t3"]
+    finally:
+        await journal.close()
+
+
+async def test_a_change_queued_behind_alone_is_committed_after_the_delay(path: Path) -> None:
+    journal, _, _ = await Journal.open(path, fsync=False, behind_delay=0.01)
+    try:
+        journal.write_behind([(INSERT, ("t1", 1))])
+        # Polled with a deadline: the writer thread counts the commit, and no event tells.
+        deadline = time.monotonic() + 10
+        while journal.commits == 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+        assert journal.commits == 1
+        assert ids_in(path) == ["t1"]
+    finally:
+        await journal.close()
+
+
+async def test_runs_of_one_statement_keep_their_place_among_the_others(
+    journal: Journal, path: Path
+) -> None:
+    attempts = "UPDATE tasks SET attempts = ? WHERE task_id = ?"
+    journal.write_behind([(INSERT, ("t1", 1)), (attempts, (1, "t1"))])
+    journal.write_behind([(attempts, (2, "t1")), (attempts, (3, "t1"))])
+    journal.write_behind([(INSERT, ("t2", 2)), (attempts, (4, "t2"))])
+    await journal.write([(attempts, (5, "t1"))])
+
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        rows = other.execute("SELECT task_id, attempts FROM tasks ORDER BY rowid").fetchall()
+    assert rows == [("t1", 5), ("t2", 4)]
+    assert journal.commits == 1
