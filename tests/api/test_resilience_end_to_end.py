@@ -210,12 +210,15 @@ async def test_rate_limit_rps_holds_over_a_30_second_run(
         arrivals = await provider_arrivals(base_url)
     assert len(arrivals) == total
     average = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
-    assert 19.5 <= average <= rate * 1.01, f"{average:.2f} calls/s"
+    # Above the rate is the limiter's failure; a little below it, a machine too busy
+    # to keep up for a moment (what the limiter achieves is measured by bench/).
+    assert rate * 0.95 <= average <= rate * 1.01, f"{average:.2f} calls/s"
     # The limiter admits at most rate x w + burst calls in any window of w
     # seconds (tests/resilience prove that exactly); at the provider's socket
-    # a call may arrive up to 100 ms later than it left the limiter on a busy
-    # machine, which lets rate x 0.1 more calls into a window.
-    jitter_allowance = rate * 0.1
+    # (another process) a call may arrive up to 250 ms later than it left the
+    # limiter on a busy shared machine, which lets rate x 0.25 more calls into a
+    # window. Without the limiter the whole run would arrive in about a second.
+    jitter_allowance = rate * 0.25
     for window in (1.0, 5.0):
         limit = rate * window + burst + jitter_allowance
         for i, start in enumerate(arrivals):
