@@ -176,7 +176,7 @@ class Tracer(trace.Tracer):
 
 
 class RecordedSpan(trace.Span, ReadableSpan):
-    """A sampled span: changed through the API until it ends, then read by exporters.
+    """A recorded span: changed through the API until it ends, then read by exporters.
 
     It is its own finished record (the SDK copies each span as it ends): after
     `end`, changes are refused with a warning, as the SDK refuses them.
