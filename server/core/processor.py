@@ -105,6 +105,7 @@ class Processor:
             telemetry.meter if telemetry is not None else NoOpMeter("aiproc"),
             queue_depths=self.queue.depths,
             breaker_states=lambda: {slot.name: slot.breaker_gauge for slot in slots},
+            histograms=telemetry.histograms if telemetry is not None else None,
         )
         self.health_monitor = (
             HealthMonitor(slots, config.health, self.clock) if config.health.enabled else None

@@ -51,6 +51,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.re import parse_env_headers
 
 from aiproc.server.config import TelemetryConfig
+from aiproc.server.telemetry.histograms import Histograms
 from aiproc.server.telemetry.tracer import Sampling, Tracer
 
 __all__ = ["Telemetry"]
@@ -81,11 +82,13 @@ class Telemetry:
         tracer: Tracer | None,
         span_processor: SpanProcessor | None,
         meter_provider: MeterProvider | None,
+        histograms: Histograms | None,
         prometheus: _PrometheusEndpoint | None,
         record_content: bool,
     ) -> None:
         self._span_processor = span_processor
         self._meter_provider = meter_provider
+        self._histograms = histograms
         self._prometheus = prometheus
         self._record_content = record_content
         self._tracer: trace.Tracer = tracer if tracer is not None else trace.NoOpTracer()
@@ -121,6 +124,7 @@ class Telemetry:
                 tracer=None,
                 span_processor=None,
                 meter_provider=None,
+                histograms=None,
                 prometheus=None,
                 record_content=False,
             )
@@ -139,16 +143,23 @@ class Telemetry:
                     PeriodicExportingMetricReader(exporter, export_interval_millis=interval)
                 )
             span_processor = _span_processor(config, env, span_exporter) if tracing else None
+            exemplar_filter = _exemplar_filter(env)
             meter_provider = (
                 MeterProvider(
                     metric_readers=readers,
                     resource=resource,
                     shutdown_on_exit=False,
-                    exemplar_filter=_exemplar_filter(env),
+                    exemplar_filter=exemplar_filter,
                 )
                 if readers
                 else None
             )
+            # Exemplars need the measurement's context: only SDK histograms keep them.
+            histograms = None
+            if meter_provider is not None and isinstance(exemplar_filter, AlwaysOffExemplarFilter):
+                histograms = Histograms(resource, InstrumentationScope(_SCOPE))
+                for reader in readers:
+                    histograms.attach(reader)
         except BaseException:
             if prometheus is not None:
                 prometheus.stop()
@@ -162,6 +173,7 @@ class Telemetry:
             tracer=tracer,
             span_processor=span_processor,
             meter_provider=meter_provider,
+            histograms=histograms,
             prometheus=prometheus,
             record_content=config.record_content and tracing,
         )
@@ -175,6 +187,11 @@ class Telemetry:
     def meter(self) -> metrics.Meter:
         """The server's meter; the API's no-op meter when no metric reader is configured."""
         return self._meter
+
+    @property
+    def histograms(self) -> Histograms | None:
+        """The meter's histograms aggregated by aiproc; None when off or when exemplars are kept."""
+        return self._histograms
 
     @property
     def tracing(self) -> bool:

@@ -18,6 +18,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from aiproc.server.config import TelemetryConfig
+from aiproc.server.telemetry.histograms import Histograms
 from aiproc.server.telemetry.metrics import BREAKER_STATES, Metrics
 from aiproc.server.telemetry.setup import Telemetry
 
@@ -35,11 +36,15 @@ class Point:
 class Recorded:
     """Metrics over a real meter provider whose points the test reads on demand."""
 
-    def __init__(self, meter: Meter, reader: InMemoryMetricReader) -> None:
+    def __init__(
+        self, meter: Meter, reader: InMemoryMetricReader, histograms: Histograms | None
+    ) -> None:
         self._reader = reader
         self.depths: dict[str, int] = {}
         self.breakers: dict[str, int] = {}
-        self.metrics = Metrics(meter, lambda: dict(self.depths), lambda: dict(self.breakers))
+        self.metrics = Metrics(
+            meter, lambda: dict(self.depths), lambda: dict(self.breakers), histograms
+        )
 
     def points(self) -> dict[str, list[Point]]:
         data = self._reader.get_metrics_data()
@@ -67,12 +72,18 @@ class Recorded:
         return point
 
 
-@pytest.fixture
-def recorded() -> Iterator[Recorded]:
-    """Metrics on the meter of a Telemetry started with only an in-memory reader."""
+@pytest.fixture(params=["aggregated", "on the meter"])
+def recorded(request: pytest.FixtureRequest) -> Iterator[Recorded]:
+    """Metrics on a Telemetry started with only an in-memory reader.
+
+    Histograms are aggregated by the service (as it runs without exemplars) or
+    recorded on the meter (as with exemplars).
+    """
     reader = InMemoryMetricReader()
     telemetry = Telemetry.start(TelemetryConfig(), env={}, metric_readers=[reader])
-    yield Recorded(telemetry.meter, reader)
+    assert telemetry.histograms is not None
+    histograms = telemetry.histograms if request.param == "aggregated" else None
+    yield Recorded(telemetry.meter, reader, histograms)
     telemetry.shutdown()
 
 

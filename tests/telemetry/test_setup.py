@@ -198,6 +198,8 @@ def test_exemplars_are_off_unless_otel_metrics_exemplar_filter_asks_for_them(
         for point in metric.data.data_points
     }
     assert exemplars == {"in span": in_span, "outside": outside_span}
+    # The service's histograms keep exemplars only on the meter's own instruments.
+    assert (telemetry.histograms is None) == bool(in_span)
 
 
 # OTLP: which exporter, which endpoint, and the flush at shutdown
@@ -336,7 +338,9 @@ async def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], floa
 async def test_the_prometheus_endpoint_serves_the_service_metrics(start: Start) -> None:
     telemetry = start(TelemetryConfig(prometheus_listen="127.0.0.1:0"))
     depths = {"high": 3, "normal": 7}
-    service_metrics = Metrics(telemetry.meter, lambda: depths, lambda: {"primary": 2})
+    service_metrics = Metrics(
+        telemetry.meter, lambda: depths, lambda: {"primary": 2}, telemetry.histograms
+    )
     service_metrics.task_finished("succeeded", None, 0.2, 1.5)
     assert telemetry.prometheus_port
     assert not telemetry.tracing
@@ -347,7 +351,12 @@ async def test_the_prometheus_endpoint_serves_the_service_metrics(start: Start) 
     assert samples[("aiproc_queue_depth", frozenset({("priority", "normal")}))] == 7
     assert samples[("aiproc_provider_breaker_state", frozenset({("provider", "primary")}))] == 2
     assert samples[("aiproc_tasks_total", frozenset({("outcome", "succeeded")}))] == 1
-    assert samples[("aiproc_task_processing_seconds_sum", frozenset({("outcome", "succeeded")}))]
+    processing = frozenset({("outcome", "succeeded")})
+    assert samples[("aiproc_task_processing_seconds_sum", processing)] == 1.5
+    assert samples[("aiproc_task_processing_seconds_count", processing)] == 1
+    assert samples[("aiproc_task_processing_seconds_bucket", processing | {("le", "1.28")})] == 0
+    assert samples[("aiproc_task_processing_seconds_bucket", processing | {("le", "2.56")})] == 1
+    assert samples[("aiproc_task_queue_wait_seconds_count", frozenset())] == 1
     depths["high"] = 0
     assert (await scrape(telemetry.prometheus_port))[
         ("aiproc_queue_depth", frozenset({("priority", "high")}))
