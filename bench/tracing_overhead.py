@@ -1,6 +1,6 @@
 """What tracing costs: the same workload with telemetry off and on, in one process.
 
-    .venv/bin/python bench/tracing_overhead.py            # 3 x (off, on), 2,000 tasks each
+    .venv/bin/python bench/tracing_overhead.py            # 5 x (off, on), 2,000 tasks each
     .venv/bin/python bench/tracing_overhead.py --quick    # 2 x (off, on), 400 tasks each
 
 Each round starts an in-process aiproc server (AiprocServer.start) in front of
@@ -178,6 +178,12 @@ def report(rounds: list[Round], tasks: int, concurrency: int, warmup: int) -> di
         f"({100 * (1 - ratio):.1f}% of the throughput lost); "
         f"cpu {cpu_off:.3f} -> {cpu_on:.3f} ms/task"
     )
+    # Each on round against the off round just before it: less exposed to the
+    # machine's drift than the medians are, and the spread shows the noise.
+    pairs = [
+        on.tasks_per_s / off.tasks_per_s for off, on in zip(rounds[::2], rounds[1::2], strict=True)
+    ]
+    print(f"per pair on/off: {', '.join(f'{x:.3f}' for x in pairs)}")
     on_spans = [r.spans / r.tasks for r in rounds if r.spans is not None]
     if on_spans:
         print(f"spans exported per task (on rounds): {statistics.median(on_spans):.2f}")
@@ -189,6 +195,7 @@ def report(rounds: list[Round], tasks: int, concurrency: int, warmup: int) -> di
         "provider_latency_ms": 0,
         "tasks_per_s": {"off": round(off, 1), "on": round(on, 1)},
         "ratio_on_off": round(ratio, 4),
+        "pair_ratios": [round(x, 4) for x in pairs],
         "cpu_ms_per_task": {"off": round(cpu_off, 4), "on": round(cpu_on, 4)},
         "spans_per_task_on": round(statistics.median(on_spans), 2) if on_spans else None,
         "rounds": [{**asdict(r), "tasks_per_s": round(r.tasks_per_s, 1)} for r in rounds],
@@ -220,12 +227,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="2 pairs of 400 tasks (< 2 min)")
     parser.add_argument("--tasks", type=int, help="tasks a round (default 2000; quick 400)")
-    parser.add_argument("--pairs", type=int, help="(off, on) pairs (default 3; quick 2)")
+    parser.add_argument("--pairs", type=int, help="(off, on) pairs (default 5; quick 2)")
     parser.add_argument("--concurrency", type=int, default=64, help="tasks in flight (64)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"default {RESULTS}")
     args = parser.parse_args(argv)
     args.tasks = args.tasks or (400 if args.quick else 2000)
-    args.pairs = args.pairs or (2 if args.quick else 3)
+    args.pairs = args.pairs or (2 if args.quick else 5)
     if min(args.tasks, args.pairs, args.concurrency) < 1:
         parser.error("--tasks, --pairs and --concurrency must be positive")
     return args
