@@ -211,6 +211,11 @@ async def test_traces_and_metrics_reach_an_otlp_grpc_receiver(tmp_path: Path) ->
 
         points = await receiver.wait_for_metric("aiproc.tasks")
         assert {point.resource.get("service.name") for point in points} == {SERVICE}
+        # The histograms aiproc aggregates itself travel with the SDK's metrics.
+        # Cumulative: every export of it so far says one call.
+        *_, duration = await receiver.wait_for_metric("gen_ai.client.operation.duration")
+        assert (duration.kind, duration.unit, duration.count) == ("histogram", "s", 1)
+        assert duration.resource.get("service.name") == SERVICE
 
         code = await server.terminate()
         assert code == 0, server.log_text()
