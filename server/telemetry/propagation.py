@@ -12,8 +12,10 @@ from collections.abc import Iterable, Mapping
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace import NonRecordingSpan, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from aiproc.server.telemetry.tracer import valid_span_context
 
 # The stored task's carrier is aiproc's own, written and read by aiproc only:
 # W3C trace context alone, whatever OTEL_PROPAGATORS says for calls in and out.
@@ -48,8 +50,7 @@ def extract(carrier: Mapping[str, str]) -> Context:
     trace_id, span_id = int(match[1], 16), int(match[2], 16)
     if not trace_id or not span_id:
         return Context()  # invalid ids, as the W3C propagator rules
-    flags = TraceFlags(int(match[3], 16))
-    parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+    parent = valid_span_context(trace_id, span_id, True, TraceFlags(int(match[3], 16)))
     return trace.set_span_in_context(NonRecordingSpan(parent), Context())
 
 
