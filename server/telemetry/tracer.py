@@ -56,8 +56,9 @@ __all__ = ["RecordedSpan", "Sampling", "Tracer", "valid_span_context"]
 
 log = logging.getLogger(__name__)
 
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
-_NOT_SAMPLED = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
+_RANDOM = TraceFlags.RANDOM_TRACE_ID
+# A span's flags by their value: the sampled bit (1) and the random trace id's (2).
+_FLAGS = tuple(TraceFlags(value) for value in range(4))
 _UNSET = Status(StatusCode.UNSET)
 # Attribute values stored as they are; anything else goes through the SDK's cleaning.
 _PLAIN = frozenset({str, bool, int, float})
@@ -110,7 +111,7 @@ class Tracer(trace.Tracer):
         sampling = self._sampling
         trace_state: TraceState | None
         if parent is not None and sampling.parent_based:
-            recording = sampled = parent.trace_flags.sampled
+            recording = sampled = bool(parent.trace_flags & TraceFlags.SAMPLED)
             trace_id = parent.trace_id
             trace_state = parent.trace_state
         else:
@@ -129,11 +130,8 @@ class Tracer(trace.Tracer):
                 trace_state = result.trace_state
                 attributes = result.attributes
         # The SDK's ids are random; a child keeps what its parent says of its trace id.
-        random_trace_id = parent is None or parent.trace_flags.random_trace_id
-        if random_trace_id:
-            flags = _SAMPLED if sampled else _NOT_SAMPLED
-        else:
-            flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+        random_trace_id = _RANDOM if parent is None else parent.trace_flags & _RANDOM
+        flags = _FLAGS[random_trace_id | sampled]
         span_context = valid_span_context(trace_id, _random_id(64), False, flags, trace_state)
         if not recording:
             return trace.NonRecordingSpan(span_context)
@@ -197,6 +195,15 @@ class RecordedSpan(trace.Span, ReadableSpan):
     `end`, changes are refused with a warning, as the SDK refuses them.
     """
 
+    # ReadableSpan's fields that every span starts with the same value of: read from
+    # the class until a span changes them (fewer stores a span in `__init__`).
+    _instrumentation_info = None
+    _end_time: int | None = None
+    _events: Sequence[Event] = ()
+    _links: Sequence[Link] = ()
+    _status = _UNSET
+    _dropped_attributes = 0
+
     def __init__(
         self,
         name: str,
@@ -211,26 +218,20 @@ class RecordedSpan(trace.Span, ReadableSpan):
         set_status_on_exception: bool,
         start_time: int,
     ) -> None:
-        # ReadableSpan's fields, set here rather than through its __init__ (the
+        # ReadableSpan's other fields, set here rather than through its __init__ (the
         # properties ReadableSpan gives exporters read them).
         self._name = name
         self._context = context
         self._kind = kind
-        self._instrumentation_info = None
         self._instrumentation_scope = scope
         self._parent = parent
         self._start_time = start_time
-        self._end_time: int | None = None
         self._attributes: dict[str, types.AnyValue] = {}
-        self._events: Sequence[Event] = ()
-        self._links: Sequence[Link] = ()
         self._resource = resource
-        self._status = _UNSET
         self._processor = processor
         self._limits = limits
         self._record_exception = record_exception
         self._set_status_on_exception = set_status_on_exception
-        self._dropped_attributes = 0
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(name="{self._name}", context={self._context})'
