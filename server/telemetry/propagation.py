@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import NonRecordingSpan, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -56,11 +57,29 @@ def extract(carrier: Mapping[str, str]) -> Context:
 
 def context_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Context:
     """The caller's trace context from gRPC invocation metadata (`traceparent`, ...)."""
-    carrier = {
-        key: value.decode("ascii", "replace") if isinstance(value, bytes) else value
-        for key, value in metadata or ()
-        # aiproc uses no baggage, and OpenTelemetry's baggage parser logs a warning quoting
-        # each malformed member: any caller could fill the server's log with its own text.
-        if not key.endswith("-bin") and key != "baggage"
-    }
-    return propagate.extract(carrier)
+    # A dict of the metadata as it is, filtered as the propagators read it: cheaper than
+    # a filtered copy (about 1.5 µs a call) when the propagators read one or two keys.
+    return propagate.extract(dict(metadata or ()), getter=_METADATA)
+
+
+class _MetadataGetter(Getter[Mapping[str, str | bytes]]):
+    """Reads gRPC metadata for the propagators without its binary (`-bin`) entries or its
+    `baggage`, bytes values as ASCII text."""
+
+    def get(self, carrier: Mapping[str, str | bytes], key: str) -> list[str] | None:
+        value = None if _ignored(key) else carrier.get(key)
+        if value is None:
+            return None
+        return [value.decode("ascii", "replace") if isinstance(value, bytes) else value]
+
+    def keys(self, carrier: Mapping[str, str | bytes]) -> list[str]:
+        return [key for key in carrier if not _ignored(key)]
+
+
+def _ignored(key: str) -> bool:
+    # aiproc uses no baggage, and OpenTelemetry's baggage parser logs a warning quoting
+    # each malformed member: any caller could fill the server's log with its own text.
+    return key.endswith("-bin") or key == "baggage"
+
+
+_METADATA = _MetadataGetter()
