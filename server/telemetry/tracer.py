@@ -5,10 +5,12 @@ what tracing costs: about 35 µs a span in place, five spans a task, most of it
 in a lock and two bounded containers per span, attribute cleaning through
 generic code, and a copy of the span made when it ends. This tracer makes the
 same spans for the SDK's processors and exporters — a `RecordedSpan` is a
-`ReadableSpan` — and keeps the SDK's rules: the sampler decides, ParentBased
-follows the parent's decision, the trace id's randomness flag is set as the SDK
-sets it, limits come from `SpanLimits` (OTEL_SPAN_*_LIMIT, OTEL_ATTRIBUTE_*),
-invalid attributes are logged and dropped, an ended span refuses changes.
+`ReadableSpan` — and keeps the SDK's rules: the sampler decides (ALWAYS_ON,
+ALWAYS_OFF and TraceIdRatioBased by their rule applied here, without a
+SamplingResult), ParentBased follows the parent's decision, the trace id's
+randomness flag is set as the SDK sets it, limits come from `SpanLimits`
+(OTEL_SPAN_*_LIMIT, OTEL_ATTRIBUTE_*), invalid attributes are logged and
+dropped, an ended span refuses changes.
 
 What it leaves out: a span is not locked (the server's spans live on its event
 loop; a span changed from several threads at once could interleave changes),
