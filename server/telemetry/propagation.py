@@ -12,8 +12,11 @@ from collections.abc import Iterable, Mapping
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import NonRecordingSpan, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from aiproc.server.telemetry.tracer import valid_span_context
 
 # The stored task's carrier is aiproc's own, written and read by aiproc only:
 # W3C trace context alone, whatever OTEL_PROPAGATORS says for calls in and out.
@@ -48,18 +51,35 @@ def extract(carrier: Mapping[str, str]) -> Context:
     trace_id, span_id = int(match[1], 16), int(match[2], 16)
     if not trace_id or not span_id:
         return Context()  # invalid ids, as the W3C propagator rules
-    flags = TraceFlags(int(match[3], 16))
-    parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+    parent = valid_span_context(trace_id, span_id, True, TraceFlags(int(match[3], 16)))
     return trace.set_span_in_context(NonRecordingSpan(parent), Context())
 
 
 def context_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Context:
     """The caller's trace context from gRPC invocation metadata (`traceparent`, ...)."""
-    carrier = {
-        key: value.decode("ascii", "replace") if isinstance(value, bytes) else value
-        for key, value in metadata or ()
-        # aiproc uses no baggage, and OpenTelemetry's baggage parser logs a warning quoting
-        # each malformed member: any caller could fill the server's log with its own text.
-        if not key.endswith("-bin") and key != "baggage"
-    }
-    return propagate.extract(carrier)
+    # A dict of the metadata as it is, filtered as the propagators read it: cheaper than
+    # a filtered copy (about 1.5 µs a call) when the propagators read one or two keys.
+    return propagate.extract(dict(metadata or ()), getter=_METADATA)
+
+
+class _MetadataGetter(Getter[Mapping[str, str | bytes]]):
+    """Reads gRPC metadata for the propagators without its binary (`-bin`) entries or its
+    `baggage`, bytes values as ASCII text."""
+
+    def get(self, carrier: Mapping[str, str | bytes], key: str) -> list[str] | None:
+        value = None if _ignored(key) else carrier.get(key)
+        if value is None:
+            return None
+        return [value.decode("ascii", "replace") if isinstance(value, bytes) else value]
+
+    def keys(self, carrier: Mapping[str, str | bytes]) -> list[str]:
+        return [key for key in carrier if not _ignored(key)]
+
+
+def _ignored(key: str) -> bool:
+    # aiproc uses no baggage, and OpenTelemetry's baggage parser logs a warning quoting
+    # each malformed member: any caller could fill the server's log with its own text.
+    return key.endswith("-bin") or key == "baggage"
+
+
+_METADATA = _MetadataGetter()

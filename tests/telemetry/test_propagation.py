@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from opentelemetry import context, trace
+from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import (
+    Getter,
+    Setter,
+    TextMapPropagator,
+    default_getter,
+    default_setter,
+)
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from aiproc.server.telemetry.propagation import extract, inject_current
+from aiproc.server.telemetry.propagation import context_from_metadata, extract, inject_current
 
 W3C = TraceContextTextMapPropagator()
 
@@ -79,3 +88,84 @@ def test_any_traceparent_reads_as_the_w3c_propagator_reads_it(traceparent: str) 
     found = span_context_of(extract(carrier))
 
     assert found == span_context_of(W3C.extract(carrier))
+
+
+def _filtered_carrier(metadata: tuple[tuple[str, str | bytes], ...]) -> dict[str, str]:
+    """What the caller's metadata says to the propagators: no binary entries, no baggage."""
+    return {
+        key: value.decode("ascii", "replace") if isinstance(value, bytes) else value
+        for key, value in metadata
+        if not key.endswith("-bin") and key != "baggage"
+    }
+
+
+TRACEPARENT = "00-0000000000000000000000000000abcd-00000000000000ef-01"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (),
+        (("user-agent", "grpc-python"), ("aiproc-client-id", "c")),
+        (("traceparent", TRACEPARENT), ("tracestate", "vendor=value")),
+        (("traceparent", TRACEPARENT.encode()), ("baggage", "user=secret")),
+        (("traceparent", "garbage"), ("traceparent", TRACEPARENT)),  # the last one counts
+        (("traceparent-bin", b"\x00\x01"), ("baggage", "k=v")),
+    ],
+)
+def test_the_callers_context_is_what_the_propagators_read_of_its_filtered_metadata(
+    metadata: tuple[tuple[str, str | bytes], ...],
+) -> None:
+    found = context_from_metadata(metadata)
+
+    assert _described(found) == _described(propagate.extract(_filtered_carrier(metadata)))
+    assert baggage.get_all(found) == {}
+
+
+def _described(found: Context) -> dict[str, object]:
+    """A context's values, spans by their span context (spans compare by identity)."""
+    return {
+        key: value.get_span_context() if isinstance(value, trace.Span) else value
+        for key, value in found.items()
+    }
+
+
+class KeysSeen(TextMapPropagator):
+    """A propagator that notes every key the getter lists and what it reads for each."""
+
+    def __init__(self) -> None:
+        self.listed: list[str] = []
+        self.seen: dict[str, list[str] | None] = {}
+
+    def extract(
+        self, carrier: Any, context: Context | None = None, getter: Getter[Any] = default_getter
+    ) -> Context:
+        self.listed = getter.keys(carrier)
+        for key in [*self.listed, "baggage", "x-bin", "absent"]:
+            self.seen[key] = getter.get(carrier, key)
+        return context or Context()
+
+    def inject(
+        self, carrier: Any, context: Context | None = None, setter: Setter[Any] = default_setter
+    ) -> None:
+        raise NotImplementedError
+
+    @property
+    def fields(self) -> set[str]:
+        return set()
+
+
+def test_a_propagator_listing_the_metadata_sees_only_its_filtered_entries() -> None:
+    metadata = (("a", "1"), ("b", b"2"), ("baggage", "k=v"), ("x-bin", b"\xff"))
+    mine, reference = KeysSeen(), KeysSeen()
+    default = propagate.get_global_textmap()
+    propagate.set_global_textmap(mine)
+    try:
+        context_from_metadata(metadata)
+    finally:
+        propagate.set_global_textmap(default)
+
+    reference.extract(_filtered_carrier(metadata))
+    assert mine.listed == reference.listed == ["a", "b"]
+    assert mine.seen == reference.seen
+    assert mine.seen == {"a": ["1"], "b": ["2"], "baggage": None, "x-bin": None, "absent": None}

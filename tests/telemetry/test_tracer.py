@@ -7,6 +7,7 @@ receives; ids differ (they are random), everything else must not.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,7 +40,7 @@ from opentelemetry.trace import (
 )
 
 from aiproc.server.telemetry.span_encoding import SpanEncoder
-from aiproc.server.telemetry.tracer import RecordedSpan, Sampling, Tracer
+from aiproc.server.telemetry.tracer import RecordedSpan, Sampling, Tracer, valid_span_context
 
 RESOURCE = Resource.create({"service.name": "tracer-test"})
 Scenario = Callable[[trace.Tracer], None]
@@ -323,6 +324,95 @@ def test_sampling_decides_as_the_sdks_sampler_with_and_without_a_parent(
         assert all(span["flags"] == TraceFlags(3) for span in mine + theirs)
     else:
         assert mine == theirs
+
+
+@pytest.fixture
+def seeded() -> Iterator[None]:
+    """The random module's state, restored after the test: both tracers draw their ids from it."""
+    state = random.getstate()
+    yield
+    random.setstate(state)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "sampling", "kept"),
+    [
+        (ParentBased(TraceIdRatioBased(0.5)), Sampling(TraceIdRatioBased(0.5), True), range(1, 48)),
+        (TraceIdRatioBased(0.5), Sampling(TraceIdRatioBased(0.5), False), range(1, 48)),
+        (TraceIdRatioBased(0.0), Sampling(TraceIdRatioBased(0.0), False), range(0, 1)),
+        (ALWAYS_ON, Sampling(ALWAYS_ON, parent_based=False), range(48, 49)),
+        (ALWAYS_OFF, Sampling(ALWAYS_OFF, parent_based=False), range(0, 1)),
+    ],
+)
+@pytest.mark.usefixtures("seeded")
+def test_a_ratio_decides_on_the_same_trace_ids_as_the_sdks_sampler(
+    sampler: Sampler, sampling: Sampling, kept: range
+) -> None:
+    def scenario(tracer: trace.Tracer) -> None:
+        random.seed(7)  # the same ids, and so the same decisions, for both tracers
+        for n in range(48):
+            # Roots, then children of remote parents of random trace ids with a trace state.
+            parent = None
+            if n % 2:
+                parent_context = SpanContext(
+                    random.getrandbits(128) | 1,
+                    0xDEF,
+                    is_remote=True,
+                    trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                    trace_state=TraceState([("v", str(n))]),
+                )
+                parent = trace.set_span_in_context(NonRecordingSpan(parent_context))
+            tracer.start_span(f"span {n}", parent, start_time=1, attributes={"n": n}).end(
+                end_time=2
+            )
+
+    mine, our_exporter = ours(sampling)
+    theirs, their_exporter = sdks(sampler)
+    scenario(mine)
+    scenario(theirs)
+
+    def exported(exporter: InMemorySpanExporter) -> list[tuple[Any, ...]]:
+        return [
+            (described(span), span.context.trace_id, span.context.span_id)
+            for span in exporter.get_finished_spans()
+            if span.context is not None
+        ]
+
+    assert exported(our_exporter) == exported(their_exporter)
+    assert len(exported(our_exporter)) in kept
+
+
+@pytest.mark.parametrize(
+    ("trace_id", "span_id", "is_remote", "flags", "state"),
+    [
+        (0x1, 0x2, False, TraceFlags(0), None),
+        (2**128 - 1, 2**64 - 1, True, TraceFlags(3), TraceState([("k", "v")])),
+    ],
+)
+def test_a_span_context_of_valid_ids_is_the_apis(
+    trace_id: int, span_id: int, is_remote: bool, flags: TraceFlags, state: TraceState | None
+) -> None:
+    made = valid_span_context(trace_id, span_id, is_remote, flags, state)
+    expected = SpanContext(trace_id, span_id, is_remote, flags, state)
+
+    assert type(made) is SpanContext
+    assert made == expected
+    assert (
+        made.trace_id,
+        made.span_id,
+        made.is_remote,
+        made.trace_flags,
+        made.trace_state,
+        made.is_valid,
+    ) == (
+        expected.trace_id,
+        expected.span_id,
+        expected.is_remote,
+        expected.trace_flags,
+        expected.trace_state,
+        expected.is_valid,
+    )
+    assert made.trace_state is expected.trace_state  # the default one when None
 
 
 def test_a_child_continues_its_parents_trace_and_flags_and_a_root_starts_a_random_one() -> None:
