@@ -125,6 +125,25 @@ def test_more_distinct_values_than_the_cache_holds_encode_the_same() -> None:
         assert decoded(encoder.encode(batch)) == encode_spans(batch)
 
 
+def test_equal_sequences_of_different_types_are_remembered_apart() -> None:
+    provider, exporter = recording(Resource.create({}))
+    tracer = provider.get_tracer("sequences")
+    # (True,) == (1,) and (1,) == (1.0,): equal keys of a dict, encoded differently.
+    for value in ([True], [1], [1.0], [True], ["x", "y"], [1]):
+        tracer.start_span("s", attributes={"values": value}).end()
+    spans = list(exporter.get_finished_spans())
+    encoder = SpanEncoder()
+    assert decoded(encoder.encode(spans)) == encode_spans(spans)
+    assert decoded(encoder.encode(spans[::-1])) == encode_spans(spans[::-1])
+
+
+def test_a_sequence_holding_something_unhashable_is_encoded_too() -> None:
+    context = SpanContext(1, 2, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    # Not what a tracer's attribute cleaning lets through, but a span an exporter may get.
+    span = ReadableSpan("raw", context, attributes={"nested": (["a"], ["b", "c"])})
+    assert decoded(SpanEncoder().encode([span])) == encode_spans([span])
+
+
 def test_an_integer_outside_int64_is_left_out_as_the_sdk_encoder_leaves_it_out() -> None:
     provider, exporter = recording(Resource.create({}))
     provider.get_tracer("big").start_span("big", attributes={"big": 2**64, "ok": 1}).end()
