@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import grpc
+from google.rpc.error_details_pb2 import RetryInfo
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -163,6 +168,44 @@ async def test_the_grpc_exporter_delivers_the_sdk_encoders_message_to_a_receiver
         assert result.name == "SUCCESS"
         assert receiver.trace_requests == [encode_spans(spans)]
         assert len(receiver.spans) == len(spans)
+
+
+async def test_after_unavailable_the_rebuilt_channel_sends_the_encoders_bytes_too() -> None:
+    spans = assorted_spans()
+    received: list[bytes] = []
+
+    async def export(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        if not received:
+            received.append(b"")
+            no_delay = RetryInfo()  # the exporter's backoff, set to 0: no wait in the test
+            no_delay.retry_delay.nanos = 0
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "down for a moment",
+                trailing_metadata=(("google.rpc.retryinfo-bin", no_delay.SerializeToString()),),
+            )
+        received.append(request)
+        return ExportTraceServiceResponse().SerializeToString()
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "opentelemetry.proto.collector.trace.v1.TraceService",
+                {"Export": grpc.unary_unary_rpc_method_handler(export)},  # raw bytes in and out
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        exporter = GrpcSpanExporter(endpoint=f"http://127.0.0.1:{port}")
+        result = await asyncio.to_thread(export_and_shut_down, exporter, spans)
+    finally:
+        await server.stop(None)
+
+    assert result.name == "SUCCESS"
+    assert [decoded(request) for request in received[1:]] == [encode_spans(spans)]
 
 
 def export_and_shut_down(exporter: GrpcSpanExporter, spans: Sequence[ReadableSpan]) -> object:
