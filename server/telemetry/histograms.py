@@ -93,10 +93,9 @@ class _Window:
     All cumulative readers share one window; each delta reader has its own.
     """
 
-    __slots__ = ("delta", "opened", "points")
+    __slots__ = ("opened", "points")
 
-    def __init__(self, delta: bool) -> None:
-        self.delta = delta
+    def __init__(self) -> None:
         self.points: dict[Attributes, _Point] = {}
         self.opened: int | None = None
         """The last collection's time, which a point starts at; None before the first."""
@@ -144,15 +143,15 @@ class Histogram:
         point = window.points[attributes] = _Point(start, [0] * (len(self._boundaries) + 1))
         return point
 
-    def add_window(self, delta: bool) -> None:
+    def add_window(self) -> None:
         with self._lock:
-            self._windows.append(_Window(delta))
+            self._windows.append(_Window())
 
     def collect(self, window: int, temporality: AggregationTemporality, now: int) -> Metric | None:
         """The points of `window` at `now`, as a metric; None when it has none."""
         with self._lock:
             collected = self._windows[window]
-            if collected.delta:
+            if temporality is AggregationTemporality.DELTA:
                 points = collected.points
                 collected.points = {}
             else:
@@ -200,8 +199,8 @@ class Histograms:
         """A histogram exported to every attached reader."""
         with self._lock:
             histogram = Histogram(name, unit, description, boundaries)
-            for delta in self._windows:
-                histogram.add_window(delta)
+            for _ in self._windows:
+                histogram.add_window()
             self._histograms.append(histogram)
         return histogram
 
@@ -237,7 +236,7 @@ class Histograms:
                 return self._windows.index(False)
             self._windows.append(delta)
             for histogram in self._histograms:
-                histogram.add_window(delta)
+                histogram.add_window()
             return len(self._windows) - 1
 
     def _add(
