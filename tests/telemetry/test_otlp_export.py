@@ -202,6 +202,10 @@ async def test_traces_and_metrics_reach_an_otlp_grpc_receiver(tmp_path: Path) ->
         assert chat.kind == "CLIENT"
         queue_spans = await receiver.wait_for_spans(is_queue_span)
         assert result.trace_id in {span.trace_id for span in queue_spans}
+        # `process task` ends after the result is published, so it may come in a later batch.
+        await receiver.wait_for_spans(
+            lambda s: s.name == "process task" and s.trace_id == result.trace_id
+        )
         trace = [span for span in receiver.spans if span.trace_id == result.trace_id]
         assert {span.service_name for span in trace} == {SERVICE}
         # One tree: every parent of a span of the trace is a span of the trace.
