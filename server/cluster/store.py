@@ -157,7 +157,10 @@ class RedisStore:
     async def record_attempt(self, task_id: str) -> None:
         await self._run(self._record_attempt, task_id)
 
-    async def finish(self, result: TaskResult, finished_at: float) -> TaskResult | None:
+    async def finish(
+        self, result: TaskResult, finished_at: float, *, wait_durable: bool = True
+    ) -> TaskResult | None:
+        # Always durable on return: the script that finishes the task is the write.
         finished, undelivered, *attempts = await self._run(
             self._finish,
             result.task_id,

@@ -301,10 +301,12 @@ class Processor:
                 span.set_attribute("error.type", result.error.code.value)
             span.set_attribute("aiproc.task.attempts", result.attempts)
             self.processing_latency.add(result.processing_time)
-            await self._finish(task, result)
+            # Published without waiting for it to be durable: were it lost to a crash, the
+            # task would run again (at-least-once), and nobody was promised otherwise.
+            await self._finish(task, result, wait_durable=False)
 
-    async def _finish(self, task: Task, result: TaskResult) -> bool:
-        kept = await self.store.finish(result, self.clock.wall())
+    async def _finish(self, task: Task, result: TaskResult, *, wait_durable: bool = True) -> bool:
+        kept = await self.store.finish(result, self.clock.wall(), wait_durable=wait_durable)
         if kept is None:
             return False
         self.metrics.task_finished(

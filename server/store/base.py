@@ -38,11 +38,19 @@ class TaskStore(Protocol):
         """Counts one provider call against the task."""
         ...
 
-    async def finish(self, result: TaskResult, finished_at: float) -> TaskResult | None:
+    async def finish(
+        self, result: TaskResult, finished_at: float, *, wait_durable: bool = True
+    ) -> TaskResult | None:
         """Moves a live task to the result's terminal state and keeps the result.
 
         Returns the result as kept (its attempts count every call recorded against the
         task), or None (and changes nothing) if the task was unknown or already terminal.
+
+        With `wait_durable=False` a store may return before the change outlives the
+        process (SQLite commits it with its next change): a crash in that moment leaves
+        the task unfinished, so it runs again and its result is delivered again, which
+        at-least-once allows. For a result that is only published, never for one a caller
+        is told of (a cancel).
         """
         ...
 

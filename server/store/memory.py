@@ -55,7 +55,9 @@ class MemoryStore:
         if task is not None:
             task.attempts += 1
 
-    async def finish(self, result: TaskResult, finished_at: float) -> TaskResult | None:
+    async def finish(
+        self, result: TaskResult, finished_at: float, *, wait_durable: bool = True
+    ) -> TaskResult | None:
         task = self._tasks.get(result.task_id)
         if task is None or task.state.is_terminal:
             return None

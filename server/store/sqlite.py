@@ -2,7 +2,9 @@
 
 Each change is applied to an in-process MemoryStore (so it has exactly the
 memory store's semantics) and committed to a SQLite file in WAL mode before the
-method returns; on open, the file is replayed into memory. Commits are grouped
+method returns, except those whose loss to a crash only repeats work (a task's
+start, an acknowledgement, a result only published), which are written behind,
+with the next change; on open, the file is replayed into memory. Commits are grouped
 by the Journal's writer thread. A change is visible to other callers from the
 moment it is made, before its commit: at worst a crash then delivers a result
 twice, which at-least-once allows.
@@ -120,14 +122,16 @@ class SqliteStore:
         if task is not None:
             self._unsaved_attempts[task_id] = task
 
-    async def finish(self, result: TaskResult, finished_at: float) -> TaskResult | None:
+    async def finish(
+        self, result: TaskResult, finished_at: float, *, wait_durable: bool = True
+    ) -> TaskResult | None:
         kept = await self._memory.finish(result, finished_at)
         if kept is None:
             return None
         task = await self._memory.get(result.task_id)
         assert task is not None  # finish just kept it
         self._unsaved_attempts.pop(task.task_id, None)
-        await self._write(
+        statements = (
             (
                 "UPDATE tasks SET state = ?, finished_at = ?, attempts = ? WHERE task_id = ?",
                 (task.state.value, task.finished_at, task.attempts, task.task_id),
@@ -137,6 +141,13 @@ class SqliteStore:
                 (task.task_id, task.client_id, dumps(result_to_json(kept))),
             ),
         )
+        if wait_durable:
+            await self._write(*statements)
+        else:
+            # Travels with the next awaited change (a QueueTask's, say) or after
+            # BEHIND_DELAY: a commit fewer per task, and the caller publishes the result
+            # without waiting for a round trip through the writer thread.
+            self._write_behind(*statements)
         return kept
 
     async def pending_results(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from aiproc.client import AsyncClient
+from aiproc.client import AsyncClient, ProgressEvent, TaskResult
 from aiproc.server.core.models import ErrorCode, Task, TaskSpec, TaskState
 from aiproc.server.fakes.openai_server import FakeOpenAIServer
 from aiproc.server.store.lock import DataDirInUse
@@ -64,6 +65,49 @@ async def test_a_task_running_through_max_crashes_is_dead_lettered(
         assert result.error.code == ErrorCode.CRASHED.value
         queued = await client.queue("https://e.com/next", "Work goes on. Fine.")
         assert (await client.wait(queued.task_id, timeout=10)).success
+
+
+async def test_a_result_is_delivered_while_the_file_is_locked_and_kept_once_it_is_free(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A worker's result is published before its commit, which follows once SQLite can write."""
+    gated = GatedProvider()
+    server = await start_server(sqlite_config(tmp_path), providers=[gated])
+    async with (
+        AsyncClient(server.address) as client,
+        client.stream(all_tasks=True, include_progress=True) as stream,
+    ):
+        queued = await client.queue("https://e.com/1", "Text. More.")
+        items = aiter(stream)
+        async with asyncio.timeout(5):
+            # The stream is subscribed once it carries the task's progress: the result
+            # can only reach it by being published, not found stored when it subscribes.
+            while not isinstance(await anext(items), ProgressEvent):
+                pass
+        await gated.wait_calls(1)
+        # Another connection's write transaction: the store's commits wait on it (for up to
+        # the 5 s busy timeout; the result comes well within that).
+        other = sqlite3.connect(tmp_path / "aiproc.db", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            gated.gate.set()
+            async with asyncio.timeout(3):
+                delivered = await anext(items)
+                while not isinstance(delivered, TaskResult):
+                    delivered = await anext(items)
+        finally:
+            other.close()  # rolls the transaction back
+        await stream.ack([delivered.task_id])
+    assert delivered.success
+    await server.stop(grace=1.0)
+
+    store = await SqliteStore.open(tmp_path / "aiproc.db", retention=3600)
+    try:
+        kept = await store.get(queued.task_id)
+        assert kept is not None
+        assert kept.state is TaskState.SUCCEEDED
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])

@@ -53,8 +53,10 @@ class ReopeningStore:
         await self._inner.record_attempt(task_id)
         await self._reopen()
 
-    async def finish(self, result: TaskResult, finished_at: float) -> TaskResult | None:
-        finished = await self._inner.finish(result, finished_at)
+    async def finish(
+        self, result: TaskResult, finished_at: float, *, wait_durable: bool = True
+    ) -> TaskResult | None:
+        finished = await self._inner.finish(result, finished_at, wait_durable=wait_durable)
         await self._reopen()
         return finished
 

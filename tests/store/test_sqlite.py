@@ -176,6 +176,30 @@ async def test_a_repeated_idempotency_key_is_answered_once_the_original_is_commi
     assert original.done()
 
 
+async def test_a_finish_not_waited_for_is_kept_at_once_and_committed_with_the_next_change(
+    store: SqliteStore, path: Path
+) -> None:
+    queued = task("t1", sequence=1)
+    await store.put(queued)
+    await store.mark_running("t1", 1001.0)
+    commits = store.commits
+
+    kept = await store.finish(result(queued), 1002.0, wait_durable=False)
+
+    assert kept is not None
+    assert store.commits == commits  # returned without waiting for a commit
+    assert [r.task_id for r in await store.pending_results("alice")] == ["t1"]
+    await store.put(task("t2", sequence=2))  # an awaited change carries it to the file
+    second = await SqliteStore.open(path, RETENTION)
+    try:
+        finished = await second.get("t1")
+        assert finished is not None
+        assert finished.state is TaskState.SUCCEEDED
+        assert [r.task_id for r in await second.pending_results("alice")] == ["t1"]
+    finally:
+        await second.close()
+
+
 async def test_attempts_are_written_with_the_next_change(store: SqliteStore, path: Path) -> None:
     await store.put(task("t1", sequence=1))
     await store.mark_running("t1", 1001.0)
