@@ -17,7 +17,7 @@ from aiproc.server.api.tracing import SERVICE
 from aiproc.server.core.batching import IdBatcher
 from aiproc.server.core.errors import AiprocError, InvalidArgument, NotFound
 from aiproc.server.core.hub import Subscription
-from aiproc.server.core.models import TaskResult
+from aiproc.server.core.models import TaskResult, TaskState
 from aiproc.server.core.processor import Processor
 from aiproc.server.security.caller import Role, current_caller
 from aiproc.server.telemetry.propagation import context_from_metadata
@@ -66,8 +66,11 @@ class ProcessorServicer(pb_grpc.ProcessorServiceServicer):
             self._processor.count_rejected(client_id)
             raise
         task, deduplicated = await self._processor.submit(client_id, spec)
+        # A new task is reported as accepted, QUEUED, as the contract says, even when a
+        # worker started it while its admission was being committed.
+        state = task.state if deduplicated else TaskState.QUEUED
         return pb.QueueTaskResponse(
-            task_id=task.task_id, state=convert.state_pb(task.state), deduplicated=deduplicated
+            task_id=task.task_id, state=convert.state_pb(state), deduplicated=deduplicated
         )
 
     @unary_rpc

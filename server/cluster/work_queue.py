@@ -31,7 +31,7 @@ from aiproc.server.config import QuotasConfig
 from aiproc.server.core.errors import StoreError
 from aiproc.server.core.models import Priority, Task
 from aiproc.server.core.queue import QueueClosed
-from aiproc.server.core.work import DeadLetter
+from aiproc.server.core.work import DeadLetter, OnQueued
 from aiproc.server.resilience.clock import Clock, SystemClock
 from aiproc.server.resilience.rate_share import RateShares
 
@@ -111,7 +111,7 @@ class RedisWorkQueue:
         ]
         self._loops = [asyncio.create_task(c, name=f"aiproc-queue-{n}") for n, c in loops]
 
-    async def admit(self, task: Task) -> tuple[Task, bool]:
+    async def admit(self, task: Task, on_queued: OnQueued | None = None) -> tuple[Task, bool]:
         if self._closed:
             raise QueueClosed
         admitted, created = await self._store.admit(
@@ -122,6 +122,8 @@ class RedisWorkQueue:
         )
         if created:
             self._depths[admitted.spec.priority] += 1  # until the next refresh says better
+            if on_queued is not None:
+                on_queued(admitted)
         return admitted, created
 
     async def get(self) -> str:

@@ -167,7 +167,7 @@ class Processor:
             trace_context=inject_current(),
         )
         try:
-            task, created = await self.queue.admit(task)
+            task, created = await self.queue.admit(task, self._queued)
         except QueueFull:
             self.count_rejected(client_id)
             raise
@@ -176,11 +176,15 @@ class Processor:
             raise ShuttingDown("the server is shutting down and accepts no new tasks") from exc
         if not created:
             return task, True  # another replica queued it with this key a moment ago
-        self._tally(client_id, "queued")
-        self._publish(
-            ProgressEvent(task.task_id, client_id, ProgressKind.QUEUED, at=task.created_at)
-        )
         return task, False
+
+    def _queued(self, task: Task) -> None:
+        """Counts a task the queue took, and publishes its QUEUED event before a worker can
+        publish its STARTED one (it may start before the QueueTask's reply)."""
+        self._tally(task.client_id, "queued")
+        self._publish(
+            ProgressEvent(task.task_id, task.client_id, ProgressKind.QUEUED, at=task.created_at)
+        )
 
     async def get(self, client_id: str, task_id: str) -> Task:
         task = await self.store.get(task_id)

@@ -8,25 +8,28 @@ protocol, so it runs the same way over either.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Protocol
 
 from aiproc.server.config import QuotasConfig
-from aiproc.server.core.errors import QueueFull, TenantQueueFull
-from aiproc.server.core.models import ErrorCode, Task, TaskError, TaskResult, TaskState
+from aiproc.server.core.errors import QueueFull, StoreError, TenantQueueFull
+from aiproc.server.core.models import Task, TaskState
 from aiproc.server.core.queue import TaskQueue
 from aiproc.server.resilience.clock import Clock
 from aiproc.server.resilience.rate_share import RateShares, ShareSchedule
-from aiproc.server.store.base import TaskStore
+from aiproc.server.store.base import LocalTaskStore
 
 log = logging.getLogger(__name__)
 
 DeadLetter = Callable[[Task], Awaitable[None]]
 """Records a task that was running during too many crashes as failed (code CRASHED)."""
+
+OnQueued = Callable[[Task], None]
+"""Told of a newly queued task as soon as it is queued (to publish its QUEUED event first)."""
 
 
 class WorkQueue(Protocol):
@@ -52,10 +55,13 @@ class WorkQueue(Protocol):
         replica's death); a task that crashed too often goes to `dead_letter` instead."""
         ...
 
-    async def admit(self, task: Task) -> tuple[Task, bool]:
+    async def admit(self, task: Task, on_queued: OnQueued | None = None) -> tuple[Task, bool]:
         """Stores a new task and queues it, as one step; returns it with its sequence, and
         whether it is new (False: an earlier task with its idempotency key, returned instead).
 
+        `on_queued` is called with a new task as soon as it is queued, which may be before
+        the store has made it durable: with the local queue, before any worker can start
+        it; with the shared one, when the store has it (another replica may be quicker).
         Raises QueueFull at capacity, QueueClosed once closed."""
         ...
 
@@ -102,7 +108,7 @@ class LocalWorkQueue:
 
     def __init__(
         self,
-        store: TaskStore,
+        store: LocalTaskStore,
         capacity: int,
         max_crashes: int,
         quotas: QuotasConfig | None = None,
@@ -115,7 +121,6 @@ class LocalWorkQueue:
         self._queue = TaskQueue(capacity, schedule, clock)
         self._max_crashes = max_crashes
         self._quotas = quotas or QuotasConfig()
-        self._admitting: Counter[str] = Counter()
         self._sequence = itertools.count(1)
 
     @property
@@ -152,30 +157,30 @@ class LocalWorkQueue:
         if live:
             log.info("recovered %d unfinished tasks from the store", len(live))
 
-    async def admit(self, task: Task) -> tuple[Task, bool]:
+    async def admit(self, task: Task, on_queued: OnQueued | None = None) -> tuple[Task, bool]:
         if len(self._queue) >= self._queue.capacity:
             raise QueueFull(f"queue is full ({self._queue.capacity} tasks waiting); retry later")
         tenant = task.client_id
         limit = self._quotas.max_queued(tenant)
-        # Tasks being written count against the quota too, so concurrent
-        # QueueTasks of one tenant cannot all pass the check at once.
-        if limit and self._queue.waiting_of(tenant) + self._admitting[tenant] >= limit:
+        if limit and self._queue.waiting_of(tenant) >= limit:
             raise TenantQueueFull(tenant, limit)
         task = replace(task, sequence=next(self._sequence))
-        self._admitting[tenant] += 1
+        # Queued and stored in one step, so that no stored task is one nobody will run. A
+        # worker may start it while the store commits it, which takes a commit's round trip
+        # off every task's latency: the store holds back its result until that commit.
+        self._queue.put(task.task_id, task.spec.priority, task.sequence, tenant)
         try:
-            await self._store.put(task)
-        finally:
-            self._admitting[tenant] -= 1
-            if not self._admitting[tenant]:
-                del self._admitting[tenant]
-        try:
-            self._queue.put(task.task_id, task.spec.priority, task.sequence, tenant)
+            committed = self._store.stage(task)
         except BaseException:
-            # Capacity was taken (or the queue closed) while the store wrote:
-            # end the task unaccepted, so no stored task is one nobody will run.
-            await self._store.finish(_not_accepted(task), task.created_at)
-            await self._store.ack(tenant, (task.task_id,))
+            self._queue.remove(task.task_id)
+            raise
+        if on_queued is not None:
+            on_queued(task)
+        try:
+            # Shielded: a caller gone meanwhile leaves the task accepted, its commit going on.
+            await asyncio.shield(committed)
+        except StoreError:
+            self._queue.remove(task.task_id)  # not accepted: no worker starts it from now on
             raise
         return task, True
 
@@ -212,15 +217,3 @@ class LocalWorkQueue:
 
     def __repr__(self) -> str:
         return repr(self._queue)
-
-
-def _not_accepted(task: Task) -> TaskResult:
-    return TaskResult(
-        task_id=task.task_id,
-        client_id=task.client_id,
-        url=task.spec.url,
-        state=TaskState.FAILED,
-        error=TaskError(ErrorCode.SHUTDOWN, "not accepted: the queue filled or closed"),
-        completed_at=task.created_at,
-        metadata=task.spec.metadata,
-    )

@@ -6,6 +6,7 @@ The in-process queue is only an index over the store. Implementations: memory
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
@@ -94,3 +95,18 @@ class TaskStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class LocalTaskStore(TaskStore, Protocol):
+    """A store that only this process writes (memory, SQLite), so a change can be made at
+    once and made durable afterwards."""
+
+    def stage(self, task: Task) -> asyncio.Future[None]:
+        """Records a newly accepted task (state QUEUED) before returning: every read sees it.
+
+        Returns the future of its becoming durable (done at once for a store that keeps
+        nothing past the process), which raises StoreError if it cannot be; until then
+        `finish` holds back a result of the task. Raises StoreError, having recorded
+        nothing, if the store accepts no more changes.
+        """
+        ...

@@ -12,7 +12,7 @@ from aiproc.server.core.work import LocalWorkQueue
 from aiproc.server.resilience.clock import Clock
 from aiproc.server.resilience.rate_limiter import RateLimiter
 from aiproc.server.resilience.rate_share import RateShares
-from aiproc.server.store.base import TaskStore
+from aiproc.server.store.base import LocalTaskStore
 from aiproc.server.store.lock import DataDirLock
 from aiproc.server.store.memory import MemoryStore
 
@@ -43,11 +43,11 @@ async def open_backend(config: Config, owned: AsyncExitStack, clock: Clock) -> B
     )
 
 
-async def open_store(config: ServerConfig, owned: AsyncExitStack) -> TaskStore:
+async def open_store(config: ServerConfig, owned: AsyncExitStack) -> LocalTaskStore:
     """A MemoryStore, or the SQLite file `aiproc.db` under data_dir (created if need be),
     with the data_dir locked for this process; `owned` closes both."""
     if config.store == "memory":
-        store: TaskStore = MemoryStore(retention=config.result_ttl)
+        store: LocalTaskStore = MemoryStore(retention=config.result_ttl)
         owned.push_async_callback(store.close)
         return store
     from aiproc.server.store.sqlite import SqliteStore

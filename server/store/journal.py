@@ -124,6 +124,13 @@ class Journal:
         """Returns once `statements` are committed, in one transaction with whatever queued
         alongside; raises StoreError if they were not. An empty change waits until every
         change queued before it is committed."""
+        # If the caller is cancelled here the change is still committed: it is queued.
+        await self.submit(statements)
+
+    def submit(self, statements: Sequence[Statement]) -> asyncio.Future[None]:
+        """Queues `statements` for the next commit and returns the future of that commit
+        (raising StoreError if it failed); raises StoreError at once if the journal already
+        refuses changes. Cancelling the future does not stop the commit."""
         self._check_taking()
         loop = asyncio.get_running_loop()
         committed = loop.create_future()
@@ -134,8 +141,7 @@ class Journal:
         if not self._handing_over:
             self._handing_over = True
             loop.call_soon(self._hand_over)
-        # If the caller is cancelled here the change is still committed: it is queued.
-        await committed
+        return committed
 
     def write_behind(self, statements: Sequence[Statement]) -> None:
         """Queues `statements` for the next commit without waiting for it; raises StoreError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
@@ -31,6 +32,15 @@ class MemoryStore:
         return False
 
     async def put(self, task: Task) -> None:
+        self._record(task)
+
+    def stage(self, task: Task) -> asyncio.Future[None]:
+        self._record(task)
+        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        recorded.set_result(None)
+        return recorded
+
+    def _record(self, task: Task) -> None:
         self._tasks[task.task_id] = task
         if task.spec.idempotency_key:
             self._idempotency[(task.client_id, task.spec.idempotency_key)] = task.task_id

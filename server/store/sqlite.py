@@ -18,6 +18,7 @@ survives those too, at the cost of one fsync per group of changes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -60,6 +61,8 @@ class SqliteStore:
         self._journal = journal
         # Tasks whose attempt count changed since it was last written (see record_attempt).
         self._unsaved_attempts: dict[str, Task] = {}
+        # Staged tasks whose commit is in flight, with its future (see finish).
+        self._committing: dict[str, asyncio.Future[None]] = {}
 
     @classmethod
     async def open(cls, path: Path, retention: float, *, fsync: bool = False) -> SqliteStore:
@@ -86,8 +89,17 @@ class SqliteStore:
     # journal's queue in one step: the file sees changes in the order memory did.
 
     async def put(self, task: Task) -> None:
-        await self._memory.put(task)
-        await self._write((_INSERT_TASK, _task_row(task)))
+        # Shielded: a caller cancelled meanwhile must not cancel what `finish` may wait on.
+        await asyncio.shield(self.stage(task))
+
+    def stage(self, task: Task) -> asyncio.Future[None]:
+        statements = self._with_unsaved_attempts(((_INSERT_TASK, _task_row(task)),))
+        committed = self._journal.submit(statements)
+        self._memory.stage(task)
+        task_id = task.task_id
+        self._committing[task_id] = committed
+        committed.add_done_callback(lambda _: self._committing.pop(task_id, None))
+        return committed
 
     async def get(self, task_id: str) -> Task | None:
         return await self._memory.get(task_id)
@@ -125,6 +137,11 @@ class SqliteStore:
     async def finish(
         self, result: TaskResult, finished_at: float, *, wait_durable: bool = True
     ) -> TaskResult | None:
+        committing = self._committing.get(result.task_id)
+        if committing is not None:
+            # A worker may start a task while its admission commits; a result published
+            # before that commit would be of a task that QueueTask may yet report lost.
+            await asyncio.shield(committing)
         kept = await self._memory.finish(result, finished_at)
         if kept is None:
             return None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aiproc.client import AsyncClient, ProgressEvent, TaskResult
+from aiproc.client import AsyncClient, ProgressEvent, ProgressKind, TaskResult
 from aiproc.server.core.models import ErrorCode, Task, TaskSpec, TaskState
 from aiproc.server.fakes.openai_server import FakeOpenAIServer
 from aiproc.server.store.lock import DataDirInUse
@@ -108,6 +108,37 @@ async def test_a_result_is_delivered_while_the_file_is_locked_and_kept_once_it_i
         assert kept.state is TaskState.SUCCEEDED
     finally:
         await store.close()
+
+
+async def test_a_task_starts_while_queue_task_commits_and_its_events_come_in_order(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    gated = GatedProvider()
+    server = await start_server(sqlite_config(tmp_path), providers=[gated])
+    async with (
+        AsyncClient(server.address) as client,
+        client.stream(all_tasks=True, include_progress=True) as stream,
+    ):
+        other = sqlite3.connect(tmp_path / "aiproc.db", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the admission's commit waits on this
+            queueing = asyncio.create_task(client.queue("https://e.com/1", "Text. More."))
+            await gated.wait_calls(1)  # started, and the provider called, before the commit
+            assert not queueing.done()
+        finally:
+            other.close()  # rolls the transaction back
+        queued = await asyncio.wait_for(queueing, 5)
+        assert queued.state == "queued"  # as accepted, though a worker runs it already
+        gated.gate.set()
+        kinds: list[object] = []
+        async with asyncio.timeout(5):
+            async for item in stream:
+                kinds.append(item.kind if isinstance(item, ProgressEvent) else "result")
+                if isinstance(item, TaskResult):
+                    await stream.ack([item.task_id])
+                    break
+    assert kinds == [ProgressKind.QUEUED, ProgressKind.STARTED, "result"]
+    assert item.task_id == queued.task_id
 
 
 @pytest.mark.parametrize("store", ["sqlite", "redis"])

@@ -165,7 +165,7 @@ async def test_concurrent_changes_share_commits(store: SqliteStore, path: Path) 
 
 
 async def test_a_repeated_idempotency_key_is_answered_once_the_original_is_committed(
-    store: SqliteStore,
+    store: SqliteStore, path: Path
 ) -> None:
     original = asyncio.create_task(store.put(task("t1", key="k1")))
     await asyncio.sleep(0)  # the put is in memory and queued for the writer, not yet committed
@@ -173,7 +173,9 @@ async def test_a_repeated_idempotency_key_is_answered_once_the_original_is_commi
     found = await store.find_idempotent("alice", "k1")
 
     assert found is not None
-    assert original.done()
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        assert other.execute("SELECT task_id FROM tasks").fetchall() == [("t1",)]
+    await original
 
 
 async def test_a_finish_not_waited_for_is_kept_at_once_and_committed_with_the_next_change(
