@@ -25,6 +25,12 @@ def server_options(server: ServerConfig, keepalive: KeepaliveConfig) -> list[tup
         ("grpc.max_metadata_size", server.max_metadata_bytes),
         ("grpc.absolute_max_metadata_size", server.max_metadata_bytes),
         ("grpc.max_concurrent_streams", server.max_streams_per_connection),
+        # By default gRPC counts a stream against that limit until the server has freed it,
+        # a moment after its last frame, while the client counts it until that frame: a
+        # client at the limit that starts a call as soon as one ends has it refused
+        # (UNAVAILABLE, RST_STREAM REFUSED_STREAM), a call never run but not retried. Counted
+        # as HTTP/2 counts, calls beyond the limit wait on the client, as documented.
+        ("grpc.http.overload_protection", 0),
         ("grpc.keepalive_time_ms", _millis(keepalive.ping_interval)),
         ("grpc.keepalive_timeout_ms", _millis(keepalive.ping_timeout)),
         ("grpc.keepalive_permit_without_calls", int(keepalive.permit_without_calls)),

@@ -203,6 +203,21 @@ async def test_the_server_advertises_its_stream_and_header_limits(
     assert advertised()[SETTINGS_MAX_HEADER_LIST_SIZE] == 5000
 
 
+async def test_calls_beyond_a_connections_stream_limit_wait_and_none_is_refused(
+    start_server: ServerFactory,
+) -> None:
+    """A client at the limit starts a call the moment one ends; the server must count that
+    ended stream out as the client does, not once it has freed it, or it refuses the new one
+    (UNAVAILABLE, RST_STREAM REFUSED_STREAM): a call never run, yet not retried."""
+    server = await start_server(make_config(server={"max_streams_per_connection": 2}))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ProcessorServiceStub(channel)
+        calls = [stub.Stats(pb.StatsRequest(), timeout=30) for _ in range(400)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert not refused, refused[0]
+
+
 def quiet_server(**keepalive: object) -> dict[str, object]:
     """A keepalive policy whose own pings stay out of the way of a test about the client's."""
     return {"ping_interval": "1h", **keepalive}
