@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Collection, Sequence
+from functools import partial
 from pathlib import Path
 
 from aiproc.server.core.errors import StoreError
@@ -96,10 +97,13 @@ class SqliteStore:
         statements = self._with_unsaved_attempts(((_INSERT_TASK, _task_row(task)),))
         committed = self._journal.submit(statements)
         self._memory.stage(task)
-        task_id = task.task_id
-        self._committing[task_id] = committed
-        committed.add_done_callback(lambda _: self._committing.pop(task_id, None))
+        self._committing[task.task_id] = committed
+        committed.add_done_callback(partial(self._committed, task.task_id))
         return committed
+
+    def _committed(self, task_id: str, commit: asyncio.Future[None]) -> None:
+        if self._committing.get(task_id) is commit:  # not a later put of the same id's
+            del self._committing[task_id]
 
     async def get(self, task_id: str) -> Task | None:
         return await self._memory.get(task_id)
