@@ -2,15 +2,17 @@
 
     python bench/load_process.py aiproc ADDRESS          # QueueTask + StreamResults
     python bench/load_process.py direct ADDRESS CONNS    # the same calls straight to a provider
+    python bench/load_process.py litellm BASE_URL        # through LiteLLM's Router, in here
 
-It prints "ready" once connected, then for each line "closed ITEMS CONCURRENCY"
+It prints "ready" and a JSON object (the resident memory its load's set-up
+added, in bytes) once connected, then for each line "closed ITEMS CONCURRENCY"
 on stdin runs that closed loop and prints one JSON line: the latencies (s), the
-failures, the seconds, and the CPU seconds this process spent. It ends at EOF.
+failures, the seconds, the CPU seconds this process spent, and its resident
+memory. It ends at EOF.
 
-The LiteLLM section measures the Router in the suite's own process, where a
-user embeds it; aiproc's callers do not carry LiteLLM's heap (whose full
-garbage collections there took up to a quarter of a second), so aiproc's load
-runs here instead.
+Each load in its own process, as each runs for real: a caller of aiproc does
+not carry LiteLLM's heap, whose full garbage collections took up to a quarter
+of a second each when the loads shared the suite's process.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from _load import AiprocLoad, DirectLoad, Load
+from _procs import rss_bytes
 
 READY = "ready"
 HERE = Path(__file__).resolve()
@@ -36,8 +40,12 @@ REPORT_LIMIT = 1 << 24
 class LoadProcess:
     """The suite's end: a load process started with `argv`, running closed loops on request."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, setup_rss: int) -> None:
         self._process = process
+        self.setup_rss = setup_rss
+        """Bytes of resident memory the load's set-up added (importing LiteLLM, say)."""
+        self.rss = 0
+        """Bytes resident in the process after its last round."""
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -53,11 +61,13 @@ class LoadProcess:
         assert process.stdin is not None
         assert process.stdout is not None
         try:
-            async with asyncio.timeout(30):
+            # Importing LiteLLM takes seconds, more on a busy machine.
+            async with asyncio.timeout(120):
                 line = (await process.stdout.readline()).decode().strip()
-            if line != READY:
+            word, _, info = line.partition(" ")
+            if word != READY:
                 raise RuntimeError(f"the load process did not start: {line!r}")
-            yield cls(process)
+            yield cls(process, int(json.loads(info)["setup_rss"]))
         finally:
             process.stdin.close()
             try:
@@ -77,6 +87,7 @@ class LoadProcess:
         if not line:
             raise RuntimeError("the load process ended without a report")
         report = json.loads(line)
+        self.rss = int(report["rss"])
         load = Load(report["latencies"], report["failed"], report["seconds"])
         return load, float(report["cpu_seconds"])
 
@@ -87,13 +98,18 @@ def connect(argv: list[str]) -> AbstractAsyncContextManager[Any]:
         return AiprocLoad.connect(address)
     if kind == "direct":
         return DirectLoad.connect(address, int(argv[2]))
-    raise SystemExit(f"unknown load {kind!r}: aiproc or direct")
+    if kind == "litellm":
+        from _router import RouterLoad
+
+        return RouterLoad.connect(address)
+    raise SystemExit(f"unknown load {kind!r}: aiproc, direct or litellm")
 
 
 async def serve(argv: list[str]) -> None:
     loop = asyncio.get_running_loop()
+    before = rss_bytes(os.getpid())
     async with connect(argv) as load:
-        print(READY, flush=True)
+        print(READY, json.dumps({"setup_rss": rss_bytes(os.getpid()) - before}), flush=True)
         while line := await loop.run_in_executor(None, sys.stdin.readline):
             command, items, concurrency = line.split()
             if command != "closed":
@@ -105,6 +121,7 @@ async def serve(argv: list[str]) -> None:
                 "failed": done.failed,
                 "seconds": done.seconds,
                 "cpu_seconds": time.process_time() - began,
+                "rss": rss_bytes(os.getpid()),
             }
             print(json.dumps(report), flush=True)
 
