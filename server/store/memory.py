@@ -32,15 +32,16 @@ class MemoryStore:
         return False
 
     async def put(self, task: Task) -> None:
-        self._record(task)
+        self.record(task)
 
     def stage(self, task: Task) -> asyncio.Future[None]:
-        self._record(task)
+        self.record(task)
         recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         recorded.set_result(None)
         return recorded
 
-    def _record(self, task: Task) -> None:
+    def record(self, task: Task) -> None:
+        """What put and stage do, at once, with nothing to wait for."""
         self._tasks[task.task_id] = task
         if task.spec.idempotency_key:
             self._idempotency[(task.client_id, task.spec.idempotency_key)] = task.task_id

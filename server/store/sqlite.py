@@ -96,7 +96,7 @@ class SqliteStore:
     def stage(self, task: Task) -> asyncio.Future[None]:
         statements = self._with_unsaved_attempts(((_INSERT_TASK, _task_row(task)),))
         committed = self._journal.submit(statements)
-        self._memory.stage(task)
+        self._memory.record(task)
         self._committing[task.task_id] = committed
         committed.add_done_callback(partial(self._committed, task.task_id))
         return committed
