@@ -1,9 +1,12 @@
-"""Helpers shared by the tests: configs and a provider the test controls."""
+"""Helpers shared by the tests: configs, a provider the test controls, a locked store file."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiproc.server.config import Config, load_config
@@ -53,3 +56,25 @@ class GatedProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+@contextlib.contextmanager
+def sqlite_write_locked(path: Path) -> Iterator[None]:
+    """Another connection's write transaction on the SQLite file at `path`: the store's
+    commits wait for its end (up to the store's 5 s busy timeout; each test ends it well
+    within that)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        other.close()  # rolls the transaction back
+
+
+def refuse_task_inserts(path: Path) -> None:
+    """Makes every later commit that inserts a task into the SQLite file at `path` fail,
+    through a trigger named `refuse` (DROP TRIGGER refuse undoes it)."""
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        other.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON tasks BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )

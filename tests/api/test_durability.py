@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from aiproc.server.store.lock import DataDirInUse
 from aiproc.server.store.sqlite import SqliteStore
 from tests.processes import served
 from tests.redis_support import REDIS_URL, delete_prefix, unique_prefix
-from tests.support import GatedProvider, ServerFactory, make_config
+from tests.support import GatedProvider, ServerFactory, make_config, sqlite_write_locked
 
 
 def sqlite_config(data_dir: Path, **processor: object) -> object:
@@ -85,18 +84,12 @@ async def test_a_result_is_delivered_while_the_file_is_locked_and_kept_once_it_i
             while not isinstance(await anext(items), ProgressEvent):
                 pass
         await gated.wait_calls(1)
-        # Another connection's write transaction: the store's commits wait on it (for up to
-        # the 5 s busy timeout; the result comes well within that).
-        other = sqlite3.connect(tmp_path / "aiproc.db", isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")
+        with sqlite_write_locked(tmp_path / "aiproc.db"):  # the store's commits wait
             gated.gate.set()
             async with asyncio.timeout(3):
                 delivered = await anext(items)
                 while not isinstance(delivered, TaskResult):
                     delivered = await anext(items)
-        finally:
-            other.close()  # rolls the transaction back
         await stream.ack([delivered.task_id])
     assert delivered.success
     await server.stop(grace=1.0)
@@ -119,14 +112,10 @@ async def test_a_task_starts_while_queue_task_commits_and_its_events_come_in_ord
         AsyncClient(server.address) as client,
         client.stream(all_tasks=True, include_progress=True) as stream,
     ):
-        other = sqlite3.connect(tmp_path / "aiproc.db", isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")  # the admission's commit waits on this
+        with sqlite_write_locked(tmp_path / "aiproc.db"):  # the admission's commit waits
             queueing = asyncio.create_task(client.queue("https://e.com/1", "Text. More."))
             await gated.wait_calls(1)  # started, and the provider called, before the commit
             assert not queueing.done()
-        finally:
-            other.close()  # rolls the transaction back
         queued = await asyncio.wait_for(queueing, 5)
         assert queued.state == "queued"  # as accepted, though a worker runs it already
         gated.gate.set()

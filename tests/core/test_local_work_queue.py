@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from aiproc.server.resilience.rate_share import RateShares
 from aiproc.server.store.memory import MemoryStore
 from aiproc.server.store.sqlite import SqliteStore
 from tests.store.builders import result, task
+from tests.support import refuse_task_inserts, sqlite_write_locked
 
 PATIENCE = 5.0
 """Seconds a test waits for what needs only a few turns of the event loop."""
@@ -59,18 +59,6 @@ async def test_workers_pass_over_a_throttled_tenant_and_come_back_at_its_time() 
 # -- Admission over the SQLite store: a worker may start a task while it commits ----------
 
 
-@contextlib.contextmanager
-def file_locked(path: Path) -> Iterator[None]:
-    """Another connection's write transaction: the store's commits wait for its end (up to
-    the store's 5 s busy timeout; each test ends it well within that)."""
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        yield
-    finally:
-        other.close()  # rolls the transaction back
-
-
 def sqlite_queue(store: SqliteStore) -> LocalWorkQueue:
     return LocalWorkQueue(store, capacity=10, max_crashes=3)
 
@@ -81,7 +69,7 @@ async def test_a_worker_takes_a_task_while_its_admission_commits(tmp_path: Path)
     queue = sqlite_queue(store)
     told: list[str] = []
     try:
-        with file_locked(path):
+        with sqlite_write_locked(path):
             admitting = asyncio.create_task(
                 queue.admit(task("t1"), lambda queued: told.append(queued.task_id))
             )
@@ -101,10 +89,7 @@ async def test_a_failed_admission_commit_takes_the_task_out_of_the_queue(tmp_pat
     path = tmp_path / "aiproc.db"
     store = await SqliteStore.open(path, retention=60.0)
     queue = sqlite_queue(store)
-    with contextlib.closing(sqlite3.connect(path)) as other:
-        other.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON tasks BEGIN SELECT RAISE(ABORT, 'no'); END"
-        )
+    refuse_task_inserts(path)
     try:
         with pytest.raises(StoreError, match="failed"):
             await queue.admit(task("t1"))
@@ -122,7 +107,7 @@ async def test_a_result_waits_for_its_tasks_admission_commit(tmp_path: Path) -> 
     store = await SqliteStore.open(path, retention=60.0)
     queued = task("t1")
     try:
-        with file_locked(path):
+        with sqlite_write_locked(path):
             committing = store.stage(queued)
             await store.mark_running("t1", 1001.0)
             finishing = asyncio.create_task(
@@ -141,10 +126,7 @@ async def test_a_result_waits_for_its_tasks_admission_commit(tmp_path: Path) -> 
 async def test_no_result_is_kept_for_a_task_whose_admission_failed(tmp_path: Path) -> None:
     path = tmp_path / "aiproc.db"
     store = await SqliteStore.open(path, retention=60.0)
-    with contextlib.closing(sqlite3.connect(path)) as other:
-        other.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON tasks BEGIN SELECT RAISE(ABORT, 'no'); END"
-        )
+    refuse_task_inserts(path)
     queued = task("t1")
     try:
         committing = store.stage(queued)

@@ -14,6 +14,7 @@ import pytest
 
 from aiproc.server.core.errors import StoreError
 from aiproc.server.store.journal import Journal
+from tests.support import refuse_task_inserts
 
 INSERT = (
     "INSERT INTO tasks (task_id, client_id, sequence, created_at, state, attempts, crashes,"
@@ -59,10 +60,7 @@ async def test_a_change_queued_behind_is_committed_by_close(journal: Journal, pa
 async def test_a_failed_change_queued_behind_fails_the_next_write(
     journal: Journal, path: Path
 ) -> None:
-    with contextlib.closing(sqlite3.connect(path)) as other:
-        other.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON tasks BEGIN SELECT RAISE(ABORT, 'no'); END"
-        )
+    refuse_task_inserts(path)
     journal.write_behind([(INSERT, ("t1", 1))])
 
     with pytest.raises(StoreError, match="failed"):

@@ -29,6 +29,7 @@ from aiproc.server.core.models import (
 from aiproc.server.store.journal import SCHEMA_VERSION
 from aiproc.server.store.sqlite import SqliteStore, StoreError
 from tests.store.builders import result, task
+from tests.support import refuse_task_inserts
 
 RETENTION = 60.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -310,10 +311,7 @@ async def test_every_field_survives_reopen(store: SqliteStore, path: Path) -> No
 
 async def test_a_failed_commit_stops_every_later_change(store: SqliteStore, path: Path) -> None:
     await store.put(task("t1", sequence=1))
-    with contextlib.closing(sqlite3.connect(path)) as other:
-        other.execute(
-            "CREATE TRIGGER refuse BEFORE INSERT ON tasks BEGIN SELECT RAISE(ABORT, 'no'); END"
-        )
+    refuse_task_inserts(path)
 
     with pytest.raises(StoreError, match="failed"):
         await store.put(task("t2", sequence=2))
